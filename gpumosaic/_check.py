@@ -1,0 +1,68 @@
+"""One validation helper for public functions (house style rule 5).
+
+``check_shape(x, ["B", "J", "2"], name="query")`` raises :class:`ShapeError` naming the argument with the
+expected and actual shapes. Letters are free dimensions that must agree within one call when passed in
+``dims``; digits are fixed sizes. Set ``GPUMOSAIC_CHECKS=0`` to switch the checks off in hot loops.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+__all__ = ["ShapeError", "check_shape", "check_finite", "checks_enabled"]
+
+
+class ShapeError(ValueError):
+    """A tensor argument has the wrong number of dimensions or a wrong size."""
+
+
+def checks_enabled() -> bool:
+    return os.environ.get("GPUMOSAIC_CHECKS", "1") != "0"
+
+
+def check_shape(x: torch.Tensor, shape: Sequence[str], name: str, dims: dict | None = None) -> dict:
+    """Check ``x`` against ``shape`` (e.g. ``["B", "J", "2"]``); return the bound letter sizes.
+
+    ``"*"`` as the first entry allows any number of leading dimensions.
+    ``dims`` carries letters already bound by earlier arguments so that, e.g., ``J`` must agree.
+    """
+    dims = {} if dims is None else dims
+    if not checks_enabled():
+        return dims
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}")
+    spec = list(shape)
+    actual = tuple(x.shape)
+    if spec and spec[0] == "*":
+        spec = spec[1:]
+        if x.dim() < len(spec):
+            raise ShapeError(f"Expected {name} of shape (..., {', '.join(spec)}), got {actual}")
+        actual = actual[x.dim() - len(spec):]
+    elif x.dim() != len(spec):
+        raise ShapeError(
+            f"Expected {name} of shape ({', '.join(spec)}): expected {len(spec)} dimensions, "
+            f"got {x.dim()} with shape {tuple(x.shape)}"
+        )
+    for letter, size in zip(spec, actual):
+        if letter.isdigit():
+            if int(letter) != size:
+                raise ShapeError(f"Expected {name} of shape ({', '.join(spec)}), got {tuple(x.shape)}")
+        elif letter in dims and dims[letter] != size:
+            raise ShapeError(
+                f"Expected {name} of shape ({', '.join(spec)}) with {letter}={dims[letter]}, "
+                f"got {tuple(x.shape)}"
+            )
+        else:
+            dims[letter] = size
+    return dims
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values (a host sync: public entry points only)."""
+    if not checks_enabled():
+        return
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"Expected finite values in {name}, got NaN or infinite entries")

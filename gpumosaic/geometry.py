@@ -1,0 +1,134 @@
+"""2D geometry: ``fit_to_box``, rotations aligning one direction onto another, canonical joint frames.
+
+Convention:
+    2D points are ``(x, y)`` pixels, ``x`` to the right (column), ``y`` down (row); pixel (row v, column u)
+    has its centre at ``(x, y) = (u, v)``, so the centre of an S×S image is ``((S-1)/2, (S-1)/2)``.
+    Affine maps are (..., 2, 3) matrices named by frame, ``dst_from_src``: ``x_dst = A[:, :2] @ x_src + A[:, 2]``.
+    Angles in radians, counter-clockwise in the (x, y) axes (i.e. clockwise on screen, y being down).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._check import check_shape
+
+__all__ = [
+    "fit_to_box",
+    "default_margin",
+    "rotation_2d",
+    "angle_of",
+    "align_rotation",
+    "canonical_frame",
+    "apply_affine",
+    "compose_affine",
+    "invert_affine",
+    "mirror_affine",
+]
+
+
+def default_margin(size: int) -> float:
+    """The default margin of :func:`fit_to_box`: 10 % of the box side (22 px at S = 220)."""
+    return 0.1 * size
+
+
+def fit_to_box(
+    joints: torch.Tensor, size: int = 220, margin: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise poses into the S×S box: uniform scale + translation (DESIGN.md step 2).
+
+    The joints' bounding box is centred on the box centre ``((S-1)/2, (S-1)/2)`` and its longer side becomes
+    ``S - 2·margin``. Both query poses and pool poses go through this one function.
+
+    Args:
+        joints: (..., J, 2) float, pixels of any frame.
+        size: S, the side of the box in pixels.
+        margin: pixels left free on each side of the longer extent; ``None`` means :func:`default_margin`.
+
+    Returns:
+        ``(box_joints (..., J, 2), box_from_src (..., 2, 3))``, same dtype/device as ``joints``.
+
+    Degenerate input: if all joints coincide (zero extent) the scale is 1 and the point is centred.
+    """
+    check_shape(joints, ["*", "J", "2"], name="joints")
+    margin = default_margin(size) if margin is None else float(margin)
+    if not 0 <= 2 * margin < size:
+        raise ValueError(f"Expected 0 <= 2*margin < size, got margin={margin}, size={size}")
+    lo = joints.amin(dim=-2)
+    hi = joints.amax(dim=-2)
+    extent = (hi - lo).amax(dim=-1)  # (...)
+    scale = torch.where(extent > 0, (size - 2 * margin) / extent.clamp_min(1e-12), torch.ones_like(extent))
+    centre = 0.5 * (lo + hi)  # (..., 2)
+    box_centre = (size - 1) / 2.0
+    trans = box_centre - scale[..., None] * centre
+    zero = torch.zeros_like(scale)
+    box_from_src = torch.stack(
+        [torch.stack([scale, zero, trans[..., 0]], -1), torch.stack([zero, scale, trans[..., 1]], -1)], -2
+    )
+    return apply_affine(box_from_src, joints), box_from_src
+
+
+def rotation_2d(angle: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 2, 2) for angles (...) in radians: ``[[c, -s], [s, c]]``."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def angle_of(v: torch.Tensor) -> torch.Tensor:
+    """Angle (...) of vectors (..., 2); 0 for the zero vector (``atan2(0, 0) = 0``)."""
+    return torch.atan2(v[..., 1], v[..., 0])
+
+
+def align_rotation(src_dir: torch.Tensor, dst_dir: torch.Tensor) -> torch.Tensor:
+    """Rotation (..., 2, 2) turning direction ``src_dir`` (..., 2) onto ``dst_dir`` (..., 2).
+
+    A zero vector has angle 0 (documented degenerate case: coincident joints give a defined rotation).
+    """
+    return rotation_2d(angle_of(dst_dir) - angle_of(src_dir))
+
+
+def canonical_frame(points: torch.Tensor, j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """Canonical coordinates ``c^{j,i}(x)``: ``x`` translated so ``x_j = 0``, rotated so ``x_i - x_j`` is on ``+x``.
+
+    Args:
+        points: (..., J, 2).
+        j, i: int64 index tensors broadcastable to ``points.shape[:-2]``.
+
+    Returns:
+        (..., J, 2). Rotation invariance of Eq. 3 (DESIGN.md step 4) gives
+        ``||p_k - q'_k|| = ||c_k(p) - c_k(q)||``.
+    """
+    lead = torch.broadcast_shapes(points.shape[:-2], j.shape, i.shape)
+    points = points.expand(*lead, *points.shape[-2:])
+    j = j.expand(lead)
+    i = i.expand(lead)
+    pj = torch.gather(points, -2, j[..., None, None].expand(*lead, 1, 2))
+    pi = torch.gather(points, -2, i[..., None, None].expand(*lead, 1, 2))
+    rel = points - pj
+    d = (pi - pj)[..., 0, :]
+    rot = rotation_2d(-angle_of(d))  # (..., 2, 2)
+    return torch.einsum("...ab,...kb->...ka", rot, rel)
+
+
+def apply_affine(dst_from_src: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply affine maps (..., 2, 3) to points (..., P, 2) -> (..., P, 2)."""
+    return torch.einsum("...ab,...pb->...pa", dst_from_src[..., :2], points) + dst_from_src[..., None, :, 2]
+
+
+def compose_affine(a_from_b: torch.Tensor, b_from_c: torch.Tensor) -> torch.Tensor:
+    """``a_from_c = a_from_b ∘ b_from_c`` for (..., 2, 3) affines."""
+    lin = a_from_b[..., :2] @ b_from_c[..., :2]
+    t = (a_from_b[..., :2] @ b_from_c[..., 2:3])[..., 0] + a_from_b[..., 2]
+    return torch.cat([lin, t[..., None]], -1)
+
+
+def invert_affine(a_from_b: torch.Tensor) -> torch.Tensor:
+    """``b_from_a`` for an invertible (..., 2, 3) affine."""
+    lin = torch.linalg.inv(a_from_b[..., :2])
+    t = -(lin @ a_from_b[..., 2:3])[..., 0]
+    return torch.cat([lin, t[..., None]], -1)
+
+
+def mirror_affine(width: int, like: torch.Tensor) -> torch.Tensor:
+    """The horizontal flip ``x -> (W - 1) - x`` of a W-wide image as a (2, 3) affine (pixel centres)."""
+    return torch.tensor([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0]], dtype=like.dtype, device=like.device)

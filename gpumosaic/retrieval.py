@@ -1,0 +1,282 @@
+"""Retrieval (Eq. 1–4): for every joint of each query pose, the best-matching pose of the pool.
+
+For query ``p``, pool pose ``q`` and joint ``j`` (paper Eq. 1–3, DESIGN.md step 4):
+
+* ``i`` = the bone-graph neighbour of ``j`` farthest from ``p_j`` *in the query* (ties: lowest index);
+* the rigid map ``T`` (rotation + translation, no scale) ``q'_k = R (q_k - q_j) + p_j`` turns ``q_i - q_j``
+  onto the direction of ``p_i - p_j`` (Eq. 2);
+* ``D_j(p, q) = Σ_k (w_k^j(p) + w_k^j(q)) · ||p_k - q'_k||`` with
+  ``w_k^j(x) = (1 / max(||x_k - x_j||, ε)) / Σ_{k'≠j} (1 / max(||x_k' - x_j||, ε))`` for ``k ≠ j``,
+  ``w_j^j = 0`` and ε = 1 px (Eq. 3);
+* ``m_j = argmin_q D_j(p, q)`` (Eq. 4; ties: lowest pool index).
+
+GPU form: rotation invariance gives ``||p_k - q'_k|| = ||c^{j,i}_k(p) - c^{j,i}_k(q)||`` where ``c^{j,i}(x)``
+is ``x`` translated so ``x_j = 0`` and rotated so ``x_i - x_j`` lies on ``+x``. :class:`RetrievalIndex`
+precomputes the pool's canonical coordinates for every ordered bone pair ``(j, i)`` and its weights once;
+a query batch is then one batched distance reduction over the pool, chunked over N to bound memory.
+
+Mirroring doubles the pool virtually: entries ``N..2N-1`` of an index built with ``mirror=True`` are the
+horizontally flipped poses of ``0..N-1`` with the left/right permutation applied (only their 2D
+coordinates are stored, never the images).
+
+Convention:
+    Query and pool joints are ``(x, y)`` pixels in one common frame (normally the S×S box of
+    :func:`gpumosaic.geometry.fit_to_box`); ε = 1 px assumes that frame's pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._check import check_finite, check_shape
+from .geometry import canonical_frame
+from .skeleton import Skeleton
+
+__all__ = [
+    "RetrievalIndex",
+    "joint_distances",
+    "best_matches",
+    "joint_weights",
+    "reference_neighbours",
+    "mirror_poses",
+]
+
+EPS_PX = 1.0
+
+
+def joint_weights(x: torch.Tensor, eps: float = EPS_PX) -> torch.Tensor:
+    """Weights ``w_k^j(x)`` of Eq. 3: (..., J, 2) -> (..., J_j, J_k), zero on the diagonal, rows sum to 1."""
+    dist = torch.cdist(x, x) if x.dim() >= 2 else None
+    num_j = x.shape[-2]
+    inv = 1.0 / dist.clamp_min(eps)
+    eye = torch.eye(num_j, dtype=torch.bool, device=x.device)
+    inv = inv.masked_fill(eye, 0.0)
+    return inv / inv.sum(-1, keepdim=True)
+
+
+def _pair_tables(skeleton: Skeleton, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ordered bone pairs ``(j, i)`` (Q = 2(J-1)), and per joint its neighbours and their pair ids.
+
+    Returns ``pair_j (Q,)``, ``pair_i (Q,)``, ``nbr (J, D)`` and ``nbr_pair (J, D)`` padded with -1.
+    """
+    pairs = [(j, i) for j in range(len(skeleton)) for i in skeleton.neighbours[j]]
+    deg = max(len(n) for n in skeleton.neighbours)
+    nbr = torch.full((len(skeleton), deg), -1, dtype=torch.long)
+    nbr_pair = torch.full((len(skeleton), deg), -1, dtype=torch.long)
+    for q, (j, i) in enumerate(pairs):
+        slot = skeleton.neighbours[j].index(i)
+        nbr[j, slot] = i
+        nbr_pair[j, slot] = q
+    pair_j = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    pair_i = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    return pair_j.to(device), pair_i.to(device), nbr.to(device), nbr_pair.to(device)
+
+
+def reference_neighbours(query: torch.Tensor, skeleton: Skeleton) -> torch.Tensor:
+    """For each query joint ``j``, the neighbour ``i`` farthest from ``p_j`` (ties: lowest index).
+
+    Args:
+        query: (B, J, 2). Returns: int64 (B, J).
+    """
+    _, _, nbr, _ = _pair_tables(skeleton, query.device)
+    slot = _farthest_slot(query, nbr)
+    return torch.gather(nbr[None].expand(query.shape[0], -1, -1), 2, slot[..., None])[..., 0]
+
+
+def _farthest_slot(query: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """(B, J) slot in ``nbr`` of the farthest neighbour of each joint (first slot on ties)."""
+    b = query.shape[0]
+    idx = nbr.clamp_min(0)  # (J, D)
+    pn = query[:, idx]  # (B, J, D, 2)
+    d = (pn - query[:, :, None]).norm(dim=-1)
+    d = d.masked_fill((nbr < 0)[None].expand(b, -1, -1), -1.0)
+    # argmax returns the first maximal value: ties go to the lowest slot = lowest neighbour index.
+    return d.argmax(dim=-1)
+
+
+def mirror_poses(poses: torch.Tensor, skeleton: Skeleton, width: float = 0.0) -> torch.Tensor:
+    """Horizontally mirrored poses: ``x -> (width - 1) - x`` then the left/right permutation.
+
+    Args:
+        poses: (..., J, 2). width: image width the flip is about (irrelevant to retrieval distances).
+    """
+    flipped = poses.clone()
+    flipped[..., 0] = (width - 1.0) - poses[..., 0]
+    return flipped[..., skeleton.flip_tensor(poses.device), :]
+
+
+@dataclass(frozen=True)
+class RetrievalIndex:
+    """Precomputed pool side of Eq. 3 (DESIGN.md step 4, GPU form).
+
+    Attributes:
+        joints: (Nv, J, 2) pool poses (Nv = 2N with mirroring: rows N.. are mirrored copies).
+        canonical: (Q, Nv, J, 2) ``c^{j,i}(q)`` for each ordered bone pair ``(j, i)`` (Q = 2(J-1)).
+        weights: (Nv, J, J) ``w_k^j(q)`` indexed ``[n, j, k]``.
+        num_real: N, the number of stored (non-mirrored) entries.
+        skeleton: the joint layout.
+    """
+
+    joints: torch.Tensor
+    canonical: torch.Tensor
+    weights: torch.Tensor
+    num_real: int
+    skeleton: Skeleton
+    pair_tables: tuple
+
+    @classmethod
+    def build(cls, pool: torch.Tensor, skeleton: Skeleton, mirror: bool = False) -> "RetrievalIndex":
+        """Build the index from pool poses (N, J, 2) already in the query frame (the S×S box)."""
+        dims = check_shape(pool, ["N", "J", "2"], name="pool")
+        if dims["N"] == 0:
+            raise ValueError("Expected a non-empty pool, got N=0")
+        if dims["J"] != len(skeleton):
+            raise ValueError(f"Expected pool with J={len(skeleton)} joints of {skeleton.name}, got {dims['J']}")
+        if not pool.is_floating_point():
+            raise TypeError(f"Expected floating-point pool joints, got {pool.dtype}")
+        check_finite(pool, "pool")
+        joints = torch.cat([pool, mirror_poses(pool, skeleton)], 0) if mirror else pool
+        tables = _pair_tables(skeleton, pool.device)
+        pair_j, pair_i = tables[0], tables[1]
+        canonical = canonical_frame(joints[None], pair_j[:, None], pair_i[:, None])  # (Q, Nv, J, 2)
+        return cls(joints, canonical.contiguous(), joint_weights(joints), pool.shape[0], skeleton, tables)
+
+    def __len__(self) -> int:
+        return self.joints.shape[0]
+
+    def _query_side(self, query: torch.Tensor):
+        _, _, nbr, nbr_pair = self.pair_tables
+        b = query.shape[0]
+        slot = _farthest_slot(query, nbr)  # (B, J)
+        pair = torch.gather(nbr_pair[None].expand(b, -1, -1), 2, slot[..., None])[..., 0]  # (B, J)
+        nb = torch.gather(nbr[None].expand(b, -1, -1), 2, slot[..., None])[..., 0]
+        j = torch.arange(query.shape[1], device=query.device).expand(b, -1)
+        cp = canonical_frame(query[:, None].expand(-1, query.shape[1], -1, -1), j, nb)  # (B, J, J, 2)
+        wp = joint_weights(query)  # (B, J, J)
+        return pair, cp, wp
+
+    def _chunk_distances(self, pair, cp, wp, start: int, stop: int) -> torch.Tensor:
+        """D_j for pool rows ``start:stop``: (B, J, n)."""
+        cq = self.canonical[:, start:stop][pair]  # (B, J, n, J, 2)
+        dist = (cp[:, :, None] - cq).square().sum(-1).sqrt()  # (B, J, n, J)
+        wq = self.weights[start:stop].permute(1, 0, 2)  # (J, n, J)
+        return ((wp[:, :, None] + wq[None]) * dist).sum(-1)
+
+    def _chunk_size(self, b: int, j: int, budget_bytes: int) -> int:
+        per_entry = max(b * j * j * 2 * 4 * 3, 1)
+        return max(1, min(len(self), budget_bytes // per_entry))
+
+    def distances(self, query: torch.Tensor, budget_bytes: int = 256 << 20) -> torch.Tensor:
+        """Eq. 3 for every query joint against every index entry: (B, J, 2) -> (B, J, Nv)."""
+        query = _check_query(query, self.skeleton, self.joints)
+        pair, cp, wp = self._query_side(query)
+        step = self._chunk_size(*query.shape[:2], budget_bytes)
+        out = [self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))) for s in range(0, len(self), step)]
+        return torch.cat(out, -1)
+
+    def best(
+        self, query: torch.Tensor, searched: torch.Tensor | None = None, budget_bytes: int = 256 << 20
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best matches (Eq. 4): returns ``(matches (B, J) int64, distance (B, J))``.
+
+        ``matches`` is -1 (and ``distance`` +inf) where ``searched`` is False. Ties go to the lowest index.
+        The loop is over pool chunks (a count fixed by N and the memory budget), never over queries.
+        """
+        query = _check_query(query, self.skeleton, self.joints)
+        b, j = query.shape[:2]
+        if searched is not None:
+            check_shape(searched, ["B", "J"], name="searched", dims={"B": b, "J": j})
+            if searched.dtype != torch.bool:
+                raise TypeError(f"Expected searched to be a bool tensor, got {searched.dtype}")
+        pair, cp, wp = self._query_side(query)
+        step = self._chunk_size(b, j, budget_bytes)
+        best_d = torch.full((b, j), float("inf"), dtype=query.dtype, device=query.device)
+        best_i = torch.zeros((b, j), dtype=torch.long, device=query.device)
+        for s in range(0, len(self), step):
+            d = self._chunk_distances(pair, cp, wp, s, min(s + step, len(self)))
+            cd, ci = d.min(dim=-1)  # first minimum within the chunk
+            better = cd < best_d  # strict: earlier chunks win ties
+            best_d = torch.where(better, cd, best_d)
+            best_i = torch.where(better, ci + s, best_i)
+        if searched is not None:
+            best_i = best_i.masked_fill(~searched, -1)
+            best_d = best_d.masked_fill(~searched, float("inf"))
+        return best_i, best_d
+
+
+def _check_query(query: torch.Tensor, skeleton: Skeleton, pool: torch.Tensor) -> torch.Tensor:
+    check_shape(query, ["B", "J", "2"], name="query")
+    if query.shape[1] != len(skeleton):
+        raise ValueError(
+            f"Expected query with J={len(skeleton)} joints of {skeleton.name}, got {query.shape[1]}"
+        )
+    if query.dtype != pool.dtype:
+        raise TypeError(f"Expected query dtype {pool.dtype} (the pool's), got {query.dtype}")
+    if query.device != pool.device:
+        raise ValueError(f"Expected query on {pool.device} (the pool's device), got {query.device}")
+    check_finite(query, "query")
+    return query
+
+
+def joint_distances(query: torch.Tensor, pool: torch.Tensor, skeleton: Skeleton) -> torch.Tensor:
+    """Eq. 3: ``D_j(p, q)`` for every query joint and pool pose.
+
+    Args:
+        query: (B, J, 2) float query poses ``p``.
+        pool: (N, J, 2) float pool poses ``q`` in the same frame, same dtype and device.
+        skeleton: joint layout (bones define the neighbour ``i`` of each ``j``).
+
+    Returns:
+        (B, J, N) distances, ``out[b, j, n] = D_j(query[b], pool[n])``.
+    """
+    return RetrievalIndex.build(pool, skeleton).distances(query)
+
+
+def best_matches(
+    query: torch.Tensor, pool: torch.Tensor, skeleton: Skeleton, searched: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 4: ``m_j = argmin_q D_j(p, q)`` per query joint.
+
+    Args:
+        query: (B, J, 2). pool: (N, J, 2). searched: (B, J) bool or None (all searched); occluded joints are
+            not searched.
+
+    Returns:
+        int64 (B, J) pool indices, -1 where a joint is not searched; ties go to the lowest index.
+    """
+    return RetrievalIndex.build(pool, skeleton).best(query, searched)[0]
+
+
+def joint_distances_reference(query: torch.Tensor, pool: torch.Tensor, skeleton: Skeleton) -> torch.Tensor:
+    """Plain per-pair loop of Eq. 1–3 in float64 (tests only): builds ``R`` and ``q'`` explicitly."""
+    import math
+
+    q64 = query.double().cpu()
+    p64 = pool.double().cpu()
+    b, num_j = q64.shape[:2]
+    out = torch.zeros(b, num_j, p64.shape[0], dtype=torch.float64)
+    for bi in range(b):
+        p = q64[bi]
+        for j in range(num_j):
+            nbrs = skeleton.neighbours[j]
+            dists = [float((p[i] - p[j]).norm()) for i in nbrs]
+            i = nbrs[dists.index(max(dists))]
+            for n in range(p64.shape[0]):
+                q = p64[n]
+                a = math.atan2(float(p[i, 1] - p[j, 1]), float(p[i, 0] - p[j, 0])) - math.atan2(
+                    float(q[i, 1] - q[j, 1]), float(q[i, 0] - q[j, 0])
+                )
+                rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+                total = 0.0
+                inv_p = [0.0 if k == j else 1.0 / max(float((p[k] - p[j]).norm()), EPS_PX) for k in range(num_j)]
+                inv_q = [0.0 if k == j else 1.0 / max(float((q[k] - q[j]).norm()), EPS_PX) for k in range(num_j)]
+                for k in range(num_j):
+                    if k == j:
+                        continue
+                    qk = rot @ (q[k] - q[j]) + p[j]
+                    w = inv_p[k] / sum(inv_p) + inv_q[k] / sum(inv_q)
+                    total += w * float((p[k] - qk).norm())
+                out[bi, j, n] = total
+    return out

@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from gpumosaic.retrieval import (
+    RetrievalIndex,
+    best_matches,
+    joint_distances,
+    joint_distances_reference,
+    mirror_poses,
+)
+from gpumosaic.skeleton import LSP14, MPII16
+
+
+def _poses(n, j, seed, scale=200.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, j, 2, generator=g) * scale
+
+
+@pytest.mark.parametrize("skel", [LSP14, MPII16])
+def test_joint_distances_against_loop(skel, device):
+    q = _poses(3, len(skel), 0).to(device)
+    p = _poses(9, len(skel), 1).to(device)
+    d = joint_distances(q, p, skel)
+    assert d.shape == (3, len(skel), 9) and d.device.type == device.type
+    ref = joint_distances_reference(q, p, skel)
+    torch.testing.assert_close(d.cpu().double(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_joint_distances_coincident_joints_eps():
+    """Coincident joints: weights use max(dist, 1 px); result stays finite and equals the loop."""
+    q = _poses(2, 14, 2)
+    q[0, 5] = q[0, 4]  # coincident
+    q[1, :] = q[1, 0]  # all joints on one point
+    p = _poses(4, 14, 3)
+    p[2, 7] = p[2, 8]
+    d = joint_distances(q, p, LSP14)
+    assert torch.isfinite(d).all()
+    torch.testing.assert_close(d.double(), joint_distances_reference(q, p, LSP14), rtol=1e-5, atol=1e-3)
+
+
+def test_best_matches_brute_force(device):
+    q = _poses(5, 14, 4).to(device)
+    p = _poses(300, 14, 5).to(device)
+    ref = joint_distances_reference(q, p, LSP14).argmin(-1)
+    # Tiny memory budget forces many chunks: the chunked reduction must agree.
+    idx = RetrievalIndex.build(p, LSP14)
+    got, dist = idx.best(q, budget_bytes=64 << 10)
+    torch.testing.assert_close(got.cpu(), ref)
+    torch.testing.assert_close(best_matches(q, p, LSP14).cpu(), ref)
+    assert torch.isfinite(dist).all()
+
+
+def test_best_matches_ties_lowest_index():
+    p = _poses(4, 14, 6)
+    pool = torch.cat([p, p, p], 0)  # every pose three times
+    got = best_matches(p, pool, LSP14)
+    expect = torch.arange(4)[:, None].expand(4, 14)
+    torch.testing.assert_close(got, expect)
+
+
+def test_query_in_pool_retrieves_itself():
+    pool = _poses(50, 14, 7)
+    # Rotated + translated copies of pool poses: Eq. 2 aligns them exactly.
+    a = torch.tensor(0.7)
+    rot = torch.tensor([[a.cos(), -a.sin()], [a.sin(), a.cos()]])
+    q = pool[[3, 17, 42]] @ rot.T + torch.tensor([13.0, -4.0])
+    got = best_matches(q, pool, LSP14)
+    torch.testing.assert_close(got, torch.tensor([3, 17, 42])[:, None].expand(3, 14))
+
+
+def test_searched_mask_and_mirror():
+    pool = _poses(20, 14, 8)
+    q = mirror_poses(pool[[2, 9]], LSP14, width=220)
+    searched = torch.ones(2, 14, dtype=torch.bool)
+    searched[0, 3] = False
+    idx = RetrievalIndex.build(pool, LSP14, mirror=True)
+    assert len(idx) == 40
+    got, dist = idx.best(q, searched)
+    expect = torch.tensor([22, 29])[:, None].expand(2, 14).clone()
+    expect[0, 3] = -1
+    torch.testing.assert_close(got, expect)
+    assert torch.isinf(dist[0, 3])
+
+
+def test_bad_input():
+    pool = _poses(5, 14, 9)
+    with pytest.raises(ValueError, match="non-empty"):
+        best_matches(_poses(1, 14, 0), pool[:0], LSP14)
+    with pytest.raises(ValueError, match="J=14"):
+        best_matches(_poses(1, 16, 0), pool, LSP14)
+    with pytest.raises(TypeError, match="dtype"):
+        best_matches(_poses(1, 14, 0).double(), pool, LSP14)
+    bad = _poses(1, 14, 0)
+    bad[0, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        best_matches(bad, pool, LSP14)
+    bad[0, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        joint_distances(bad, pool, LSP14)
+    with pytest.raises(TypeError, match="bool"):
+        best_matches(_poses(1, 14, 0), pool, LSP14, searched=torch.ones(1, 14))
+
+
+def test_inputs_not_mutated():
+    q, p = _poses(2, 14, 1), _poses(6, 14, 2)
+    q0, p0 = q.clone(), p.clone()
+    best_matches(q, p, LSP14)
+    torch.testing.assert_close(q, q0)
+    torch.testing.assert_close(p, p0)
