@@ -1,1 +1,28 @@
-"""gpumosaic."""
+"""gpumosaic: GPU image-based synthesis of 3D human pose training data.
+
+Implements the synthesis engine of Rogez & Schmid, *Image-based Synthesis for Deep 3D Human Pose
+Estimation* (IJCV 2018): mocap 3D poses are projected to random virtual cameras, each joint of the query 2D
+pose retrieves its best-matching annotated image, matches are warped, stitched by an argmax index map of
+per-joint probability maps and blended around the skeleton. Batched torch tensors, CPU and CUDA.
+"""
+
+from .engine import DEFAULT_SIGMA, MosaicEngine, MosaicResult, MosaicSettings
+from .skeleton import H36M17, LSP14, MPII16, Skeleton
+from .sources import Mocap3D, Pool2D, load_demo_mocap, load_demo_pool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MosaicEngine",
+    "MosaicResult",
+    "MosaicSettings",
+    "DEFAULT_SIGMA",
+    "Skeleton",
+    "LSP14",
+    "MPII16",
+    "H36M17",
+    "Pool2D",
+    "Mocap3D",
+    "load_demo_pool",
+    "load_demo_mocap",
+]

@@ -8,11 +8,15 @@ expected and actual shapes. Letters are free dimensions that must agree within o
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 
-__all__ = ["ShapeError", "check_shape", "check_finite", "checks_enabled"]
+__all__ = ["ShapeError", "check_shape", "check_finite", "checks_enabled", "unchecked"]
+
+_state = threading.local()
 
 
 class ShapeError(ValueError):
@@ -20,7 +24,22 @@ class ShapeError(ValueError):
 
 
 def checks_enabled() -> bool:
-    return os.environ.get("GPUMOSAIC_CHECKS", "1") != "0"
+    """False when ``GPUMOSAIC_CHECKS=0`` or inside :func:`unchecked`."""
+    return os.environ.get("GPUMOSAIC_CHECKS", "1") != "0" and not getattr(_state, "off", 0)
+
+
+@contextmanager
+def unchecked() -> Iterator[None]:
+    """Skip the data-dependent checks (host syncs) of public stage functions in this thread.
+
+    Used by :class:`~gpumosaic.engine.MosaicEngine` once it has validated its own inputs, so that the hot
+    path makes no host-device round trip.
+    """
+    _state.off = getattr(_state, "off", 0) + 1
+    try:
+        yield
+    finally:
+        _state.off -= 1
 
 
 def check_shape(x: torch.Tensor, shape: Sequence[str], name: str, dims: dict | None = None) -> dict:

@@ -116,17 +116,56 @@ def apply_affine(dst_from_src: torch.Tensor, points: torch.Tensor) -> torch.Tens
 
 
 def compose_affine(a_from_b: torch.Tensor, b_from_c: torch.Tensor) -> torch.Tensor:
-    """``a_from_c = a_from_b ∘ b_from_c`` for (..., 2, 3) affines."""
-    lin = a_from_b[..., :2] @ b_from_c[..., :2]
-    t = (a_from_b[..., :2] @ b_from_c[..., 2:3])[..., 0] + a_from_b[..., 2]
-    return torch.cat([lin, t[..., None]], -1)
+    """Compose two affine maps: ``a_from_c = a_from_b ∘ b_from_c``.
+
+    Args:
+        a_from_b: ``(..., 2, 3)`` float affine map from frame ``b`` to frame ``a``.
+        b_from_c: ``(..., 2, 3)`` float affine map from frame ``c`` to frame ``b``; leading dimensions
+            broadcast against ``a_from_b``'s.
+
+    Returns:
+        ``(..., 2, 3)`` map from ``c`` to ``a``: ``[A_ab A_bc | A_ab t_bc + t_ab]`` (the 3×3 product
+        ``[a_from_b; 0 0 1] @ [b_from_c; 0 0 1]`` without its last row). Dtype follows type promotion.
+
+    Convention:
+        ``[A | t]`` sends a column point ``p`` to ``A @ p + t`` (pixels, ``(x, y)`` order).
+    """
+    check_shape(a_from_b, ["*", "2", "3"], name="a_from_b")
+    check_shape(b_from_c, ["*", "2", "3"], name="b_from_c")
+    a_ab, t_ab = a_from_b[..., :2], a_from_b[..., 2:]
+    a_bc, t_bc = b_from_c[..., :2], b_from_c[..., 2:]
+    return torch.cat([a_ab @ a_bc, a_ab @ t_bc + t_ab], dim=-1)
 
 
-def invert_affine(a_from_b: torch.Tensor) -> torch.Tensor:
-    """``b_from_a`` for an invertible (..., 2, 3) affine."""
-    lin = torch.linalg.inv(a_from_b[..., :2])
-    t = -(lin @ a_from_b[..., 2:3])[..., 0]
-    return torch.cat([lin, t[..., None]], -1)
+def invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
+    """Invert affine maps: ``a_from_b = b_from_a⁻¹``.
+
+    Args:
+        b_from_a: ``(..., 2, 3)`` float affine maps with invertible linear part.
+
+    Returns:
+        ``(..., 2, 3)`` inverse maps ``[A⁻¹ | −A⁻¹ t]``, same dtype and device. The 2×2 inverse is the
+        closed-form adjugate over the determinant (no LAPACK call, no host sync); a singular ``A`` gives
+        infinite or NaN entries, which the public warp functions reject at their entry.
+
+    Convention:
+        ``[A | t]`` sends a column point ``p`` to ``A @ p + t`` (pixels, ``(x, y)`` order).
+    """
+    check_shape(b_from_a, ["*", "2", "3"], name="b_from_a")
+    return _invert_affine(b_from_a)
+
+
+def _invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
+    a, b, tx = b_from_a[..., 0, 0], b_from_a[..., 0, 1], b_from_a[..., 0, 2]
+    c, d, ty = b_from_a[..., 1, 0], b_from_a[..., 1, 1], b_from_a[..., 1, 2]
+    det = a * d - b * c
+    # [[a, b], [c, d]]^-1 = [[d, -b], [-c, a]] / det ;  translation  -A^-1 t.
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    itx = -(ia * tx + ib * ty)
+    ity = -(ic * tx + id_ * ty)
+    row0 = torch.stack([ia, ib, itx], dim=-1)
+    row1 = torch.stack([ic, id_, ity], dim=-1)
+    return torch.stack([row0, row1], dim=-2)
 
 
 def mirror_affine(width: int, like: torch.Tensor) -> torch.Tensor:
