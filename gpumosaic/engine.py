@@ -34,8 +34,11 @@ from .warp import warp_gather
 
 __all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA"]
 
-DEFAULT_SIGMA = 20.0
-"""Default σ of Eq. 5 in pixels of the 220-px box (see docs/engine.md for the ablation that chose it)."""
+DEFAULT_SIGMA = 7.5
+"""Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
+
+Chosen by ``benchmarks/sigma_ablation.py`` (docs/engine.md): limb agreement of the copy-paste mosaic peaks
+on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class MosaicSettings:
         size: S, side of the square output in pixels (paper: 220).
         alpha: α of Eq. 8, the window side at distance 0 from the skeleton, px (paper: 6).
         beta: β of Eq. 8, window growth per pixel of distance to the skeleton (paper: 0.25).
-        sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps).
+        sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
+            ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).
         margin: ``fit_to_box`` margin in px; ``None`` means 10 % of ``size``.
         mirror: double the pool virtually with mirrored entries (flip + left/right permutation).
         padding_mode: how warps sample outside the stored image: ``"border"`` (replicate, default) or
@@ -59,7 +63,7 @@ class MosaicSettings:
     size: int = 220
     alpha: float = 6.0
     beta: float = 0.25
-    sigma: float = DEFAULT_SIGMA
+    sigma: float | None = None
     margin: float | None = None
     mirror: bool = True
     padding_mode: str = "border"
@@ -70,6 +74,8 @@ class MosaicSettings:
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"Expected size >= 8, got {self.size}")
+        if self.sigma is None:
+            object.__setattr__(self, "sigma", DEFAULT_SIGMA * self.size / 220.0)
         if self.sigma <= 0:
             raise ValueError(f"Expected sigma > 0, got {self.sigma}")
         if self.alpha < 1 or self.beta < 0:
@@ -158,7 +164,7 @@ class MosaicEngine:
         size: int = 220,
         alpha: float = 6.0,
         beta: float = 0.25,
-        sigma: float = DEFAULT_SIGMA,
+        sigma: float | None = None,
         margin: float | None = None,
         mirror: bool = True,
         padding_mode: str = "border",
