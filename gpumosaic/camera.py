@@ -384,9 +384,11 @@ def oriented_pose(
 # --------------------------------------------------------------------------------------------------------
 
 
-def _torso_triangles(skeleton: Skeleton) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def _torso_triangles(skeleton: Skeleton) -> tuple[tuple[int, int, int], ...]:
+    """The torso quad split along both diagonals: four triangles, a set that left/right mirroring maps onto
+    itself, so the occlusion rule is symmetric. Each corner spans three of them and faces the fourth."""
     r_sh, l_sh, r_hip, l_hip = skeleton.torso
-    return (r_sh, l_sh, l_hip), (r_sh, l_hip, r_hip)
+    return (r_sh, l_sh, l_hip), (r_sh, l_hip, r_hip), (r_sh, l_sh, r_hip), (l_sh, l_hip, r_hip)
 
 
 # The kernels below work on coordinate planes (x, y, z), each a contiguous (..., J) tensor, rather than on
@@ -518,8 +520,9 @@ def self_occlusion(
     """Joints hidden by another body part, by simple 3D reasoning (DESIGN.md step 3).
 
     The body is modelled as one capsule of radius ``limb_radius`` around every bone of ``skeleton.bones``
-    plus the torso, the two triangles ``(r_shoulder, l_shoulder, l_hip)`` and ``(r_shoulder, l_hip,
-    r_hip)``. For joint ``j`` at ``P_j`` consider the segment ("ray") from the camera centre ``O = 0`` to
+    plus the torso, the quad of shoulders and hips split along both diagonals into four triangles
+    ``(r_shoulder, l_shoulder, l_hip)``, ``(r_shoulder, l_hip, r_hip)``, ``(r_shoulder, l_shoulder, r_hip)``
+    and ``(l_shoulder, l_hip, r_hip)`` (both splits, so that the rule is left/right symmetric). For joint ``j`` at ``P_j`` consider the segment ("ray") from the camera centre ``O = 0`` to
     ``P_j``, with ``depth_j = |P_j|``. Joint ``j`` is occluded iff
 
     (a) for some bone ``(a, b)`` with ``a != j`` and ``b != j``, the closest pair of points between the
@@ -531,9 +534,8 @@ def self_occlusion(
         closed triangle (Möller–Trumbore; rays parallel to its plane never cross) at
         ``(1 - τ)·depth_j > margin``, i.e. in front of the joint by more than ``margin``.
 
-    So the shoulders and hips are tested against the torso triangle they do not span (e.g. ``l_shoulder``
-    against ``(r_shoulder, l_hip, r_hip)``), and ``r_shoulder`` / ``l_hip`` (corners of both triangles)
-    only against the bones; a joint is never occluded by a bone it belongs to (so a forearm pointing
+    So each shoulder and hip is tested against the one torso triangle it does not span, the one made of
+    the other three corners (e.g. ``l_shoulder`` against ``(r_shoulder, l_hip, r_hip)``); a joint is never occluded by a bone it belongs to (so a forearm pointing
     straight at the camera does not hide its own elbow, while the elbow hides a wrist behind it through the
     upper-arm capsule). A joint at the camera
     centre is never occluded. The rule ignores the head's volume, the limbs' thickness beyond

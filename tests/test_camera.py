@@ -495,3 +495,18 @@ def test_cuda_vs_cpu():
     torch.testing.assert_close(a.pose2d, b.pose2d, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(a.pose3d, b.pose3d, atol=1e-5, rtol=1e-5)
     assert (a.occluded != b.occluded).double().mean() < 0.01
+
+
+def test_self_occlusion_is_left_right_symmetric(device):
+    """Mirroring the scene (x -> -x in the camera frame, left/right joints swapped) mirrors the flags."""
+    g = torch.Generator().manual_seed(11)
+    world = _random_world_poses(10, g)
+    az, el = sample_views(10, 6, torch.Generator().manual_seed(12), dtype=torch.float64)
+    R, t = look_at(torso_centre(world, LSP14)[:, None].expand(10, 6, 3), az, el, 2.5)
+    cam = (torch.einsum("mvij,mkj->mvki", R, world) + t[:, :, None]).to(device)
+    mirrored = cam * torch.tensor([-1.0, 1.0, 1.0], dtype=cam.dtype, device=device)
+    flip = LSP14.flip_tensor(device)
+    occ = self_occlusion(cam, LSP14)
+    occ_m = self_occlusion(mirrored[..., flip, :], LSP14)
+    assert occ.any()
+    assert torch.equal(occ_m, occ[..., flip])
