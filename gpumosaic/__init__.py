@@ -6,6 +6,7 @@ pose retrieves its best-matching annotated image, matches are warped, stitched b
 per-joint probability maps and blended around the skeleton. Batched torch tensors, CPU and CUDA.
 """
 
+from .dataset import OnlineMosaicDataset
 from .engine import DEFAULT_SIGMA, MosaicEngine, MosaicResult, MosaicSettings
 from .skeleton import H36M17, LSP14, MPII16, Skeleton
 from .sources import Mocap3D, Pool2D, load_demo_mocap, load_demo_pool
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MosaicEngine",
+    "OnlineMosaicDataset",
     "MosaicResult",
     "MosaicSettings",
     "DEFAULT_SIGMA",

@@ -50,6 +50,11 @@ def check_shape(x: torch.Tensor, shape: Sequence[str], name: str, dims: dict | N
     """
     dims = {} if dims is None else dims
     if not checks_enabled():
+        # No validation, but callers may still read the bound sizes (shapes are host metadata: no sync).
+        spec = [s for s in shape if s != "*"]
+        for letter, size in zip(reversed(spec), reversed(tuple(getattr(x, "shape", ())))):
+            if not letter.isdigit():
+                dims.setdefault(letter, size)
         return dims
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}")

@@ -188,3 +188,17 @@ def test_cuda_matches_cpu():
     b = MosaicEngine(pool, size=40, device="cuda")(q.cuda())
     torch.testing.assert_close(a.matches, b.matches.cpu())
     torch.testing.assert_close(a.images, b.images.cpu(), atol=1e-4, rtol=0)
+
+
+def test_checks_disabled_still_binds_shapes(monkeypatch):
+    """With GPUMOSAIC_CHECKS=0 the public functions skip validation but keep working."""
+    from gpumosaic._check import check_shape
+
+    monkeypatch.setenv("GPUMOSAIC_CHECKS", "0")
+    assert check_shape(torch.zeros(2, 5, 3), ["*", "J", "3"], name="x") == {"J": 5}
+    from gpumosaic.camera import render_views, sample_views
+
+    poses = torch.randn(2, 14, 3) * 0.3
+    az, el = sample_views(2, 3, generator=torch.Generator().manual_seed(0))
+    views = render_views(poses, LSP14, az, el)
+    assert views.pose2d.shape == (2, 3, 14, 2)
