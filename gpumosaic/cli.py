@@ -2,7 +2,8 @@
 
 ``gpumosaic generate --n N --out DIR``: N mosaics from the embedded demo data (or a user pool/mocap source
 in a later release) with their annotations; ``gpumosaic preview --out FIG.png``: the paper's Figure 2 for one
-query.
+query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable WebDataset-style tar shards
+(also under ``torchrun``; see :mod:`gpumosaic.export`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", type=Path, required=True, help="figure path (.png)")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--seed", type=int, default=0)
+
+    exp = sub.add_parser("export", help="write N mosaics as resumable tar shards (torchrun: one process per GPU)")
+    # "--num-samples": torchrun's own parser rejects "--n" as an ambiguous abbreviation of its options.
+    exp.add_argument("--n", "--num-samples", dest="n", type=int, required=True,
+                     help="number of mosaics in the whole export (under torchrun write --num-samples)")
+    exp.add_argument("--out", type=Path, required=True, help="output folder (rerun the same command to resume)")
+    exp.add_argument("--shard-size", type=int, default=1000, help="mosaics per tar shard (default 1000)")
+    exp.add_argument("--device", default="auto",
+                     help="cpu, cuda or auto (default: cuda when available; under torchrun cuda:LOCAL_RANK)")
+    exp.add_argument("--seed", type=int, default=0, help="random seed: sample i depends on (seed, i) only")
+    exp.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
+    exp.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
+    exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
+    exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
+    exp.add_argument("--size", type=int, default=220,
+                     help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
+    exp.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -134,10 +153,58 @@ def preview(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    """``gpumosaic export``: one process, or one rank of a ``torchrun`` launch (process group set up here)."""
+    import os
+
+    import torch.distributed as dist
+
+    from .engine import MosaicEngine
+    from .export import export_shards
+    from .sources.demo import load_demo_mocap, load_demo_pool
+
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    device = _device(args.device)
+    if launched and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    created = launched and dist.is_available() and not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        pool = load_demo_pool(device=device)
+        mocap = load_demo_mocap(device=device)
+        try:
+            engine = MosaicEngine(pool, skeleton=pool.skeleton, size=args.size, blend=not args.no_blend,
+                                  device=device)
+            report = export_shards(
+                args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
+                image_format=args.format, jpeg_quality=args.jpeg_quality, views_per_pose=args.views_per_pose,
+                progress=not args.quiet,
+                rank=int(os.environ["RANK"]) if launched else None,
+                world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
+            )
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+    finally:
+        if created:
+            dist.destroy_process_group()
+    rate = report.samples_written / max(report.seconds, 1e-9)
+    print(
+        f"rank {report.rank}/{report.world_size}: wrote {len(report.written)} shards "
+        f"({report.samples_written} mosaics, {rate:.1f} mosaics/s on {device}), kept {len(report.skipped)} "
+        f"complete shards, removed {len(report.removed)} partial or invalid files; {report.num_shards} shards in {args.out}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return generate(args)
+    if args.command == "export":
+        return export(args)
     return preview(args)
 
 
