@@ -30,9 +30,10 @@ from .skeleton import Skeleton, get_skeleton
 
 __all__ = ["Triangulation", "delaunay", "interpolate_triangulated", "skeleton_distance"]
 
-# Relative tolerance of the geometric predicates, in units of the input dtype's machine epsilon. Predicates
-# are evaluated in float64 whatever the input dtype; the tolerance says how close to degenerate (collinear,
-# cocircular) a configuration must be, relative to the precision the points were given in, to count as such.
+# Relative tolerance of the geometric predicates, in units of float64's machine epsilon (they are evaluated in
+# float64 whatever the input dtype): how close to degenerate (collinear, cocircular) a configuration must be,
+# relative to its own scale, to count as degenerate. It only has to exceed the predicates' rounding error;
+# exact ties (duplicates, cocircular or collinear points on a grid) are then caught and resolved consistently.
 _TOL_ULPS = 64.0
 # Largest P accepted: C(17, 3) = 680 triples x 17 test points is still cheap.
 _MAX_POINTS = 17
@@ -118,73 +119,85 @@ def _tolerance_scale(q: torch.Tensor) -> torch.Tensor:
     return ext.square().clamp_min(1e-300)
 
 
-def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor, eps: float) -> torch.Tensor:
-    """Delaunay test of every triple. q: float64 (B, P, 2); tri: (T, 3); returns bool (B, T).
+def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """Delaunay test of every triple against every point. q: (B, P, 2) float64; tri: (T, 3); -> bool (B, T).
 
-    Triple (a, b, c) is a triangle iff it is not degenerate (|orient| > tol_o) and no other point d is inside
-    its circumcircle. With (a, b, c) counter-clockwise, d is inside iff
+    Triple (a, b, c) is a triangle iff it is not degenerate (|orient| > tol_o) and no other point d lies
+    strictly inside its circumcircle. With a moved to the origin (b' = b - a, ...) and (a, b, c)
+    counter-clockwise, d is inside iff the lifted orientation (points lifted onto z = x^2 + y^2)
 
-        det | ax-dx  ay-dy  |a-d|^2 |
-            | bx-dx  by-dy  |b-d|^2 |  > 0,
-            | cx-dx  cy-dy  |c-d|^2 |
+        det = -| b'x  b'y  |b'|^2 |
+               | c'x  c'y  |c'|^2 |  =  d'y K2 - d'x K1 - |d'|^2 K0  > 0,
+               | d'x  d'y  |d'|^2 |
 
-    the orientation of the four points lifted onto the paraboloid z = x^2 + y^2. Expanding along the last
-    column, det = |a-d|^2 g_a + |b-d|^2 g_b + |c-d|^2 g_c with the sub-orientations g_a = orient(d, b, c),
-    g_b = orient(d, c, a), g_c = orient(d, a, b); its rounding error is bounded by eps times the permanent
-    ``perm`` (same expansion with absolute values), which sets the relative tie band.
+    with per-triangle K0 = b' x c', K1 = b'y |c'|^2 - c'y |b'|^2, K2 = b'x |c'|^2 - c'x |b'|^2, so each
+    (triangle, point) pair costs a few multiply-adds. Its rounding error is bounded by eps times the
+    permanent ``perm`` (the same expansion with absolute values), which sets the relative tie band.
 
     Ties (cocircular points, duplicates) are broken by simulation of simplicity: the lifted heights are
-    perturbed to h_i = |p_i|^2 - eps^(i+1) (lower index = larger perturbation, lowered), which turns every
-    tie into the sign of the first non-zero term of sum_i dh_i * d(det)/dh_i taken in index order. The
-    derivatives are g_a, g_b, g_c for a, b, c and -orient(a, b, c) for d, so d is inside iff that first
-    derivative is negative. The perturbed lifting is generic, so the result is a proper triangulation (the
-    regular triangulation of the perturbed lifting): 4 cocircular points give 2 triangles, not 4, and of
-    coincident points only the lowest-index copy is a vertex.
+    perturbed to h_i = |p_i|^2 - eps^(i+1) (lower index = larger perturbation, downwards), which turns a tie
+    into the sign of the first non-zero term of sum_i dh_i * d(det)/dh_i in index order. Those derivatives
+    are the sub-orientations g_a = orient(d, b, c), g_b = orient(d, c, a), g_c = orient(d, a, b) and
+    g_d = -orient(a, b, c); d is inside iff the first non-zero one is negative. The perturbed lifting is
+    generic, so the result is a proper triangulation (the regular triangulation of the perturbed lifting):
+    4 cocircular points give 2 triangles, not 4, and of coincident points only the lowest-index copy is a
+    vertex.
     """
     b_, p_, _ = q.shape
     t_ = tri.shape[0]
     if t_ == 0 or b_ == 0:
         return torch.zeros(b_, t_, dtype=torch.bool, device=q.device)
-    tol_o = (_TOL_ULPS * eps) * _tolerance_scale(q)[:, None]  # (B, 1): orientation tolerance, px^2
-    a, b, c = q[:, tri[:, 0]], q[:, tri[:, 1]], q[:, tri[:, 2]]  # (B, T, 2)
-    orient = _cross(b - a, c - a)  # twice the signed area
-    valid = orient.abs() > tol_o
-    sgn = torch.where(orient >= 0, 1.0, -1.0).to(q.dtype)  # makes every triple counter-clockwise
-    g_d = -orient.abs()  # d(det)/dh_d for the counter-clockwise triple
-    ia, ib, ic = tri[:, 0], tri[:, 1], tri[:, 2]  # (T,)
-    big = torch.full_like(ia, p_ + 1)
-    for d in range(p_):  # fixed count (P <= 17), each step batched over (B, T)
-        pd = q[:, d : d + 1]
-        ad, bd, cd = a - pd, b - pd, c - pd
-        la, lb, lc = (ad * ad).sum(-1), (bd * bd).sum(-1), (cd * cd).sum(-1)
-        ga, gb, gc = _cross(bd, cd) * sgn, _cross(cd, ad) * sgn, _cross(ad, bd) * sgn
-        det = la * ga + lb * gb + lc * gc
-        perm = (
-            la * ((bd[..., 0] * cd[..., 1]).abs() + (bd[..., 1] * cd[..., 0]).abs())
-            + lb * ((cd[..., 0] * ad[..., 1]).abs() + (cd[..., 1] * ad[..., 0]).abs())
-            + lc * ((ad[..., 0] * bd[..., 1]).abs() + (ad[..., 1] * bd[..., 0]).abs())
-        )
+    eps = torch.finfo(q.dtype).eps
+    ar = torch.arange(p_, device=q.device)
+    ia, ib, ic = (tri[:, k, None] for k in range(3))  # (T, 1)
+    member = (ia == ar) | (ib == ar) | (ic == ar)  # (T, P): a vertex is not tested against its own triangle
+    big = torch.full((t_, p_), p_ + 1, dtype=torch.long, device=q.device)
+    chunk = max(1, (1 << 16) // (t_ * p_))  # keeps the (b, T, P) temporaries cache-sized
+    out = []
+    for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
+        qc = q[s : s + chunk]
+        tol_o = ((_TOL_ULPS * eps) * _tolerance_scale(qc))[:, None]  # (b, 1) orientation tolerance, px^2
+        a = qc[:, tri[:, 0]]
+        bp, cp = qc[:, tri[:, 1]] - a, qc[:, tri[:, 2]] - a  # (b, T, 2)
+        k0 = _cross(bp, cp)  # orient(a, b, c): twice the signed area
+        valid = k0.abs() > tol_o
+        sgn = torch.where(k0 >= 0, 1.0, -1.0).to(q.dtype)  # makes every triple counter-clockwise
+        lb, lc = (bp * bp).sum(-1), (cp * cp).sum(-1)
+        bx, by, cx, cy = bp[..., 0], bp[..., 1], cp[..., 0], cp[..., 1]
+        k1, k2 = (by * lc - cy * lb) * sgn, (bx * lc - cx * lb) * sgn
+        p0 = (bx * cy).abs() + (by * cx).abs()
+        p1 = by.abs() * lc + cy.abs() * lb
+        p2 = bx.abs() * lc + cx.abs() * lb
+        k0 = k0 * sgn
+        dp = qc[:, None, :, :] - a[:, :, None, :]  # (b, T, P, 2): d' = d - a
+        dx, dy = dp[..., 0], dp[..., 1]
+        ld = dx * dx + dy * dy
+        det = dy * k2[..., None] - dx * k1[..., None] - ld * k0[..., None]
+        perm = ld * p0[..., None] + dx.abs() * p1[..., None] + dy.abs() * p2[..., None]
         tie = det.abs() <= (_TOL_ULPS * eps) * perm
-        # Simulation of simplicity: index of each role where its derivative is non-zero, else a sentinel.
-        ka = torch.where(ga.abs() > tol_o, ia, big)
-        kb = torch.where(gb.abs() > tol_o, ib, big)
-        kc = torch.where(gc.abs() > tol_o, ic, big)
-        first = torch.minimum(torch.minimum(ka, kb), torch.minimum(kc, torch.full_like(ka, d)))
-        g_first = torch.where(first == ka, ga, torch.where(first == kb, gb, torch.where(first == kc, gc, g_d)))
-        inside = torch.where(tie, g_first < 0, det > 0)
-        member = (ia == d) | (ib == d) | (ic == d)  # a vertex is not tested against its own triangle
-        valid &= ~(inside & ~member)
-    return valid
+        # Simulation of simplicity on ties: sub-orientations, then the lowest-index non-zero one decides.
+        gb = _cross(dp, cp[:, :, None, :]) * sgn[..., None]  # orient(a, d, c) = orient(d, c, a)
+        gc = _cross(bp[:, :, None, :], dp) * sgn[..., None]  # orient(a, b, d) = orient(d, a, b)
+        ga = k0[..., None] - gb - gc  # orient(d, b, c) = orient(a, b, c) - orient(a, d, c) - orient(a, b, d)
+        tol = tol_o[..., None]
+        ka = torch.where(ga.abs() > tol, ia, big)
+        kb = torch.where(gb.abs() > tol, ib, big)
+        kc = torch.where(gc.abs() > tol, ic, big)
+        first = torch.minimum(torch.minimum(ka, kb), torch.minimum(kc, ar.expand(t_, p_)))
+        g_first = torch.where(first == ka, ga, torch.where(first == kb, gb, torch.where(first == kc, gc, -1.0)))
+        inside = torch.where(tie, g_first < 0, det > 0) & ~member
+        out.append(valid & ~inside.any(-1))
+    return torch.cat(out, 0)
 
 
 def delaunay(points: torch.Tensor) -> Triangulation:
     """Delaunay triangulation of a batch of small point sets, as a padded set of triples.
 
     Every triple of points is a candidate; it is valid when its signed area is not degenerate
-    (``|2 * area| > 64 * eps * extent^2``, with ``eps`` the machine epsilon of ``points.dtype`` and ``extent``
-    the larger side of the points' bounding box) and no other point lies strictly inside its circumcircle
-    (robust in-circle determinant evaluated in float64 with a relative tolerance of ``64 * eps`` times its
-    permanent). Ties within that tolerance (cocircular points, coincident points) are broken by simulation of
+    (``|2 * area| > 64 * eps * extent^2``, with ``eps`` float64's machine epsilon and ``extent`` the larger
+    side of the points' bounding box) and no other point lies strictly inside its circumcircle (in-circle
+    determinant evaluated in float64 whatever ``points.dtype``, with a relative tolerance of ``64 * eps``
+    times its permanent, i.e. its rounding-error bound). Ties within that tolerance (cocircular points, coincident points) are broken by simulation of
     simplicity with lower indices taking precedence, so the valid triples always form a proper triangulation
     of the convex hull (no overlap) and, of coincident points, only the lowest-index one is used.
     Cost: O(B * P^4), all batched; fine for P <= 17.
@@ -210,10 +223,10 @@ def delaunay(points: torch.Tensor) -> Triangulation:
 
 
 def _delaunay(points: torch.Tensor) -> Triangulation:
-    q = points.detach().to(torch.float64)
+    # Predicates in float64 whatever the input dtype: differences and products of float32 coordinates are
+    # then (nearly) exact, and the tolerances scale with float64's epsilon.
     tri = _triples(points.shape[1], points.device)
-    eps = torch.finfo(points.dtype).eps
-    return Triangulation(tri, _delaunay_valid(q, tri, eps))
+    return Triangulation(tri, _delaunay_valid(points.detach().to(torch.float64), tri))
 
 
 def delaunay_reference(points: torch.Tensor) -> Triangulation:
@@ -256,9 +269,9 @@ def delaunay_reference(points: torch.Tensor) -> Triangulation:
 # that share a boundary line compute it from the same canonical end points (lower point index first) with the
 # same float64 operations, so they get bit-identical X and complementary tie rules (a pixel centre on the
 # line goes to the region on its +x side; on a horizontal line, to the +y side): the intervals tile the row.
-# A pixel's region is then the last region that starts at or before it: scatter each interval's start into a
-# row buffer and take a running maximum (cummax) along the row. Triangles and outside regions use two such
-# maps; a pixel takes the triangle if it lies before that triangle's end, else the outside region.
+# Sorting a row's intervals by start and letting each run until the next start turns them into run lengths
+# that sum to W; ``repeat_interleave`` expands the runs into a per-pixel run index (no per-pixel search, no
+# loop over triangles), and each pixel evaluates its run's affine map.
 #
 # Degenerate sets (no valid triangle: all points collinear or coincident) use the 1D analogue: points sorted
 # along the direction D of their farthest pair, consecutive points joined by segments; the region of segment
@@ -308,7 +321,7 @@ def _build_regions(points: torch.Tensor, values: torch.Tensor, valid: torch.Tens
 
     Returns (interior, exterior), each a tuple (lines (B, R, 3, 3) float64 constraint coefficients, each
     constraint meaning ``f >= 0``; enabled (B, R, 3) bool; ok (B, R) bool; affine (B, R, 3) float64 (A, B, C),
-    differentiable w.r.t. points and values), plus the tolerance unit (B,) float64.
+    differentiable w.r.t. points and values).
     """
     b_, p_, _ = points.shape
     dev = points.device
@@ -316,9 +329,9 @@ def _build_regions(points: torch.Tensor, values: torch.Tensor, valid: torch.Tens
     q = points.detach().to(f64)  # geometry: not differentiated (the region partition is piecewise constant)
     pg = points.to(f64)  # coefficients: differentiable
     v = values.to(f64)
-    ar = torch.arange(p_, device=dev)
 
-    # ---- Interior: valid triangles compacted into K = 2P - 5 slots (the most a triangulation can have).
+    # ---- Interior: valid triangles compacted into K = 2P - 5 slots (the most a triangulation of P points can
+    # have; the triangulation from _delaunay_valid is a proper one, so none is dropped).
     k_ = max(2 * p_ - 5, 0)
     order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :k_]  # valid first, by index
     tri_ok = torch.gather(valid, 1, order)  # (B, K)
@@ -396,7 +409,13 @@ def _build_regions(points: torch.Tensor, values: torch.Tensor, valid: torch.Tens
     vcons.append(torch.zeros_like(vcons[0]))
     hull_vert_lines = torch.stack(vcons, dim=2)  # (B, NV, 3, 3)
     hull_vert_en = torch.tensor([True, True, False], device=dev).expand(b_, nv, 3)
-    hull_vert_ok = (cnt == 2) & (vid == torch.arange(nv, device=dev))
+    # A hull vertex between two collinear hull edges has an empty region (a ray): drop it, since its two
+    # normals are the same line computed two ways and could otherwise leave a spurious sliver or row.
+    nb = [torch.where(torch.gather(ne_lo, 1, e) == vid, torch.gather(ne_hi, 1, e), torch.gather(ne_lo, 1, e))
+          for e in (e_first, e_last)]
+    turn = _cross(vpt - _gather_points(q, nb[0]), _gather_points(q, nb[1]) - vpt)
+    flat_tol = (_TOL_ULPS * torch.finfo(f64).eps) * _tolerance_scale(q)[:, None]
+    hull_vert_ok = (cnt == 2) & (vid == torch.arange(nv, device=dev)) & (turn.abs() > flat_tol)
     zero = torch.zeros(b_, nv, dtype=f64, device=dev)
     hull_vert_aff = torch.stack((zero, zero, v[:, vid]), dim=-1)
 
@@ -430,17 +449,18 @@ def _build_regions(points: torch.Tensor, values: torch.Tensor, valid: torch.Tens
                                 dir_g, den)
         seg_aff = torch.cat((torch.where(seg_nonempty.unsqueeze(-1), aff, torch.zeros_like(aff)),
                              torch.zeros(b_, 1, 3, dtype=f64, device=dev)), 1)
-    seg_ok = torch.arange(p_, device=dev) < p_ - 1
-    seg_ok = seg_ok.expand(b_, p_)
+    seg_ok = (torch.arange(p_, device=dev) < p_ - 1).expand(b_, p_)
+    if p_ > 1:  # coincident consecutive points: an empty strip
+        seg_ok = seg_ok & torch.cat((seg_nonempty, torch.zeros(b_, 1, dtype=torch.bool, device=dev)), 1)
     end_lines = torch.zeros(b_, nv, 3, 3, dtype=f64, device=dev)
     end_lines[:, 0, 0] = -normals[:, 0]  # before the first point
     end_lines[:, 1, 0] = normals[:, -1]  # at or beyond the last point
     end_en = torch.zeros(b_, nv, 3, dtype=torch.bool, device=dev)
     end_en[:, :2, 0] = True
     end_ok = (torch.arange(nv, device=dev) < 2).expand(b_, nv)
-    end_val = torch.stack((torch.gather(vd, 1, srt[:, :1]), torch.gather(vd, 1, srt[:, -1:])), 1).squeeze(-1)
-    end_aff = torch.zeros(b_, nv, 3, dtype=f64, device=dev)
-    end_aff = torch.cat((end_aff[:, :, :2], torch.cat((end_val, end_aff[:, 2:, 2]), 1).unsqueeze(-1)), -1)
+    end_val = torch.cat((torch.gather(vd, 1, srt[:, :1]), torch.gather(vd, 1, srt[:, -1:]),
+                         torch.zeros(b_, nv - 2, dtype=f64, device=dev)), 1)  # (B, NV): constant values
+    end_aff = torch.cat((torch.zeros(b_, nv, 2, dtype=f64, device=dev), end_val.unsqueeze(-1)), -1)
 
     # ---- Exterior regions: hull edges + hull vertices, or the degenerate chain.
     deg = ~valid.any(dim=1) if valid.shape[1] else torch.ones(b_, dtype=torch.bool, device=dev)
@@ -451,65 +471,86 @@ def _build_regions(points: torch.Tensor, values: torch.Tensor, valid: torch.Tens
     ext_ok = torch.cat((torch.where(d1, seg_ok, ne_ok), torch.where(d1, end_ok, hull_vert_ok)), 1)
     ext_aff = torch.cat((torch.where(d2, seg_aff, hull_edge_aff), torch.where(d2, end_aff, hull_vert_aff)), 1)
     ext_aff = torch.where(ext_ok.unsqueeze(-1), ext_aff, torch.zeros_like(ext_aff))
-    unit = _tolerance_scale(q).sqrt()  # (B,) extent in px
-    return (int_lines, int_en, tri_ok, int_aff), (ext_lines, ext_en, ext_ok, ext_aff), unit
+    return (int_lines, int_en, tri_ok, int_aff), (ext_lines, ext_en, ext_ok, ext_aff)
+
+
+# A horizontal constraint beta*y + gamma >= 0 keeps or drops a whole row. It is folded into the same per-row
+# bounds as the others: a left bound X = -_HUGE * (beta*y + gamma) (beta > 0) or a right bound
+# X = _HUGE * (beta*y + gamma) (beta < 0), about -inf or +inf off the line and exactly 0 on it (the whole row,
+# since columns are >= 0, for the left bound; nothing for the right bound): a row on the line goes to the +y
+# side. beta*y + gamma is evaluated as a plain product then a sum (no fused multiply-add), so it is exactly 0
+# on a row through the line's anchor point, and the two regions of a shared line get bit-identical bounds.
+_HUGE = 1e200
 
 
 def _prepare_constraints(lines: torch.Tensor, enabled: torch.Tensor):
     """Turn half-planes f = alpha*x + beta*y + gamma >= 0 (lines (B, R, 3, 3)) into per-row bounds.
 
-    A non-horizontal constraint bounds the row at X(y) = m*y + c with m = -beta/alpha, c = -gamma/alpha (a
-    line and its negation give bit-identical m and c); alpha > 0 gives x >= X (left bound), alpha < 0 gives
-    x < X (right bound). A horizontal one keeps or drops the whole row. Returns (B, R, 3) tensors
-    (m_lo, c_lo, m_hi, c_hi, beta_h, gamma_h, hpos), padded so that unused entries are neutral.
+    A constraint bounds row y at X(y) = k * (m*y + c): a non-horizontal one has m = -beta/alpha,
+    c = -gamma/alpha, k = 1 (a line and its negation give bit-identical m and c), alpha > 0 giving x >= X (a
+    left bound) and alpha < 0 giving x < X (a right bound); a horizontal one has m = beta, c = gamma,
+    k = -/+_HUGE. Returns ((m, c, k) of the left bounds, (m, c, k) of the right bounds), each (B, R, 3),
+    padded so that unused entries give X = -inf for a left bound and +inf for a right bound.
     """
     al, be, ga = lines.unbind(-1)
-    left, right = enabled & (al > 0), enabled & (al < 0)
-    horiz = enabled & (al == 0) & (be != 0)
-    safe = torch.where(al == 0, torch.ones_like(al), al)
-    m, c = (-be) / safe, (-ga) / safe
-    zero, inf = torch.zeros_like(m), torch.full_like(m, float("inf"))
-    return (torch.where(left, m, zero), torch.where(left, c, -inf), torch.where(right, m, zero),
-            torch.where(right, c, inf), torch.where(horiz, be, zero), torch.where(horiz, ga, torch.ones_like(ga)),
-            be > 0)
+    horiz = al == 0
+    left = enabled & ((al > 0) | (horiz & (be > 0)))
+    right = enabled & ((al < 0) | (horiz & (be < 0)))
+    safe = torch.where(horiz, torch.ones_like(al), al)
+    m = torch.where(horiz, be, (-be) / safe)
+    c = torch.where(horiz, ga, (-ga) / safe)
+    huge = torch.full_like(al, _HUGE)
+    k = torch.where(horiz, torch.where(be > 0, -huge, huge), torch.ones_like(al))
+    zero, one, inf = torch.zeros_like(m), torch.ones_like(m), torch.full_like(m, float("inf"))
+    return ((torch.where(left, m, zero), torch.where(left, c, -inf), torch.where(left, k, one)),
+            (torch.where(right, m, zero), torch.where(right, c, inf), torch.where(right, k, one)))
 
 
-def _scan_regions(cons, ok, slope, offset, y, width, delta):
-    """Per-pixel slope and offset of the affine piece that covers each pixel, for a chunk of the batch.
+def _row_bounds(m, c, k, y):
+    """X = k * (m*y + c) for every row, (b, H, R, 3); a separate product and sum (no fused multiply-add)."""
+    x = m.unsqueeze(1) * y[None, :, None, None]
+    return x.add_(c.unsqueeze(1)).mul_(k.unsqueeze(1))
 
-    cons: the 7 tensors of :func:`_prepare_constraints` (b, R, 3); ok (b, R) bool; slope (b, R) and offset
-    (b, H, R) the region's affine map on row v, value = slope * x + offset; y (H,) float64 row coordinates;
-    delta (b,) float64 slack in px. Returns (slope_px, offset_px), each of shape (b, H, W).
+
+def _scan_regions(cons, ok, aff, y, width, dtype):
+    """Rasterise a piecewise-affine function given as convex regions, for a chunk of the batch.
+
+    cons: the output of :func:`_prepare_constraints`, sliced to the chunk; ok (b, R) bool; aff (b, R, 3) float64
+    affine maps (A, B, C), value = A x + B y + C; y (H,) float64 row coordinates. Returns the (b, H, W) values in ``dtype``.
 
     On every row each region is an interval [start, end) of columns. In exact arithmetic the regions tile
     the row; with rounding, intervals may overlap by a pixel or leave a gap of a pixel at a boundary, where
-    both neighbours agree on the value up to rounding (the interpolant is continuous). Sorting the intervals
-    by start and letting each run until the next start ("last start wins") tiles the row exactly.
+    both neighbours agree on the value up to rounding (the interpolant is continuous, and an affine piece
+    extrapolated by a rounding error stays exact to that error times its slope). Sorting the intervals by
+    start and letting each run until the next start ("last start wins") tiles the row exactly, with no
+    per-pixel search. Pixels are evaluated in float64 (A x + (B y + C)) and only then cast to ``dtype``:
+    a thin triangle's slope can be huge, and float32 would lose its value to cancellation.
     """
-    m_lo, c_lo, m_hi, c_hi, be_h, ga_h, hpos = (t.unsqueeze(1) for t in cons)  # (b, 1, R, 3)
     b_, r_ = ok.shape
     h_ = y.shape[0]
-    yy = y[None, :, None, None]
-    lo = torch.addcmul(c_lo, m_lo, yy).amax(-1)  # (b, H, R): region is x >= lo ...
-    hi = torch.addcmul(c_hi, m_hi, yy).amin(-1)  # ... and x < hi
-    s = torch.addcmul(ga_h, be_h, yy)  # horizontal constraints: a row on the line goes to the +y side
-    row_out = torch.where(hpos, s < 0, s <= 0).any(-1)
-    # Regions thinner than delta on a row are dropped (one empty in exact arithmetic but not after rounding
-    # must not hide a neighbour), and starts move left by delta so that rounding overlaps rather than gaps.
-    dl = delta[:, None, None]
-    start = torch.ceil(lo - dl).clamp_(0, width)
+    lo = _row_bounds(*cons[0], y).amax(-1)  # (b, H, R): region is x >= lo ...
+    hi = _row_bounds(*cons[1], y).amin(-1)  # ... and x < hi
+    start = torch.ceil(lo).clamp_(0, width)
     end = torch.ceil(hi).clamp_(0, width)
-    keep = ok.unsqueeze(1) & ~row_out & (hi - lo > dl) & (start < end)
-    start = torch.where(keep, start, float(width))
-    start, order = torch.sort(start, dim=-1, stable=True)  # ties: the higher region index runs on
-    start[..., 0] = 0.0  # the row always starts covered (only rounding can leave column 0 uncovered)
+    keep = ok.unsqueeze(1) & (start < end)
+    # Sort by start, then by end: of two runs starting on the same pixel (e.g. both clamped to column 0) the
+    # longer one runs on, the other is at most a rounding sliver at the boundary.
+    key = torch.where(keep, start * (width + 1) + end, float(width * (width + 1)))
+    order = torch.sort(key, dim=-1, stable=True).indices
+    start = torch.gather(torch.where(keep, start, float(width)), 2, order)
     nxt = torch.cat((start[..., 1:], torch.full_like(start[..., :1], float(width))), -1)
-    length = (nxt - start).to(torch.long).flatten()  # sums to W on every row
-    slope_s = torch.gather(slope.unsqueeze(1).expand(b_, h_, r_), 2, order).flatten()
-    offset_s = torch.gather(offset, 2, order).flatten()
-    idx = torch.repeat_interleave(torch.arange(length.numel(), device=length.device), length,
-                                  output_size=b_ * h_ * width)
-    return slope_s[idx].view(b_, h_, width), offset_s[idx].view(b_, h_, width)
+    length = (nxt - start).to(torch.long)
+    # The first run always starts at column 0 (only rounding can leave column 0 uncovered; the first run
+    # then extends to the left).
+    length[..., 0] = nxt[..., 0].to(torch.long)
+    slope = torch.gather(aff[..., 0].unsqueeze(1).expand(b_, h_, r_), 2, order).flatten()  # A of each run
+    offset = torch.addcmul(aff[:, None, :, 2], aff[:, None, :, 1], y[None, :, None])  # B y + C, (b, H, R)
+    offset = torch.gather(offset, 2, order).flatten()
+    run = torch.repeat_interleave(length.flatten(), output_size=b_ * h_ * width)  # run index of each pixel
+    x = torch.arange(width, dtype=y.dtype, device=y.device)
+    value = torch.addcmul(offset.index_select(0, run).view(b_, h_, width),
+                          slope.index_select(0, run).view(b_, h_, width), x)
+    return value.to(dtype)
 
 
 def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -517,26 +558,20 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
     h_, w_ = size
     dev, dt = values.device, values.dtype
     tri = _delaunay(points)
-    (il, ie, iok, iaff), (el, ee, eok, eaff), unit = _build_regions(points, values, tri.valid, tri.triangles)
+    (il, ie, iok, iaff), (el, ee, eok, eaff) = _build_regions(points, values, tri.valid, tri.triangles)
     # One list of regions: triangles then outside regions; together they tile the plane.
     with torch.no_grad():
         cons = _prepare_constraints(torch.cat((il, el), 1), torch.cat((ie, ee), 1))
     ok = torch.cat((iok, eok), 1)
-    aff = torch.cat((iaff, eaff), 1).to(dt)  # (B, R, 3) affine maps in the output dtype
-    delta = 1e-9 * (unit + 1.0)
+    aff = torch.cat((iaff, eaff), 1)  # (B, R, 3) float64 affine maps, differentiable
     y64 = torch.arange(h_, dtype=torch.float64, device=dev)
-    yv = torch.arange(h_, dtype=dt, device=dev)
-    xv = torch.arange(w_, dtype=dt, device=dev)
     chunk = max(1, _CHUNK_PIXELS // (h_ * w_))
-    out = []
+    out = torch.empty(b_, h_, w_, dtype=dt, device=dev)
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
         sl = slice(s, min(s + chunk, b_))
-        a = aff[sl]
-        offset = torch.addcmul(a[:, None, :, 2], a[:, None, :, 1], yv[None, :, None])  # B*y + C, (b, H, R)
-        slope_px, offset_px = _scan_regions(tuple(t[sl] for t in cons), ok[sl], a[..., 0], offset, y64, w_,
-                                            delta[sl])
-        out.append(torch.addcmul(offset_px, slope_px, xv))
-    return torch.cat(out, 0)
+        chunk_cons = tuple(tuple(t[sl] for t in group) for group in cons)
+        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], y64, w_, dt)
+    return out
 
 
 def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
