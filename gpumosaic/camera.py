@@ -246,6 +246,25 @@ def look_at(
     return _look_at(target, az.expand(lead), el.expand(lead), dist.expand(lead))
 
 
+def check_view_ranges(azimuth_range, elevation_range) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Validate view ranges in degrees: finite ``(lo, hi)`` pairs, ``lo <= hi``, elevation within ±90°."""
+    try:
+        (alo, ahi), (elo, ehi) = (tuple(map(float, azimuth_range)), tuple(map(float, elevation_range)))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Expected (lo, hi) pairs, got azimuth_range={azimuth_range!r}, elevation_range={elevation_range!r}"
+        ) from None
+    if not all(math.isfinite(v) for v in (alo, ahi, elo, ehi)) or alo > ahi or elo > ehi:
+        raise ValueError(
+            f"Expected finite (lo, hi) ranges with lo <= hi, got azimuth_range={tuple(azimuth_range)}, "
+            f"elevation_range={tuple(elevation_range)}"
+        )
+    if elo < -90 or ehi > 90:
+        raise ValueError(f"Expected elevation_range within [-90, 90], got {tuple(elevation_range)}")
+    return (alo, ahi), (elo, ehi)
+
+
+
 def sample_views(
     num_poses: int,
     views: int = 180,
@@ -279,14 +298,7 @@ def sample_views(
         raise ValueError(f"Expected num_poses to be a non-negative integer, got {num_poses}")
     if int(views) != views or views < 0:
         raise ValueError(f"Expected views to be a non-negative integer, got {views}")
-    (alo, ahi), (elo, ehi) = (tuple(map(float, azimuth_range)), tuple(map(float, elevation_range)))
-    if not all(math.isfinite(v) for v in (alo, ahi, elo, ehi)) or alo > ahi or elo > ehi:
-        raise ValueError(
-            f"Expected finite (lo, hi) ranges with lo <= hi, got azimuth_range={tuple(azimuth_range)}, "
-            f"elevation_range={tuple(elevation_range)}"
-        )
-    if elo < -90 or ehi > 90:
-        raise ValueError(f"Expected elevation_range within [-90, 90], got {tuple(elevation_range)}")
+    (alo, ahi), (elo, ehi) = check_view_ranges(azimuth_range, elevation_range)
     device = generator.device if device is None else torch.device(device)
     shape = (int(num_poses), int(views))
     az = torch.rand(shape, generator=generator, device=device, dtype=dtype) * (ahi - alo) + alo

@@ -82,7 +82,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ._check import unchecked
-from .camera import _apply_rt, _look_at, _project, _self_occlusion, _torso_centre
+from .camera import _apply_rt, _look_at, _project, _self_occlusion, _torso_centre, check_view_ranges
 from .engine import MosaicEngine
 from .geometry import default_margin, fit_to_box
 from .sources.base import Mocap3D, Pool2D
@@ -160,23 +160,6 @@ def _view_angles(pose_index, view_index, seed, azimuth_range, elevation_range, d
     return (alo + u_az * (ahi - alo)).to(dtype), (elo + u_el * (ehi - elo)).to(dtype)
 
 
-def _check_ranges(azimuth_range, elevation_range) -> tuple[tuple[float, float], tuple[float, float]]:
-    try:
-        (alo, ahi), (elo, ehi) = (tuple(map(float, azimuth_range)), tuple(map(float, elevation_range)))
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Expected (lo, hi) pairs, got azimuth_range={azimuth_range!r}, elevation_range={elevation_range!r}"
-        ) from None
-    if not all(math.isfinite(v) for v in (alo, ahi, elo, ehi)) or alo > ahi or elo > ehi:
-        raise ValueError(
-            f"Expected finite (lo, hi) ranges with lo <= hi, got azimuth_range={tuple(azimuth_range)}, "
-            f"elevation_range={tuple(elevation_range)}"
-        )
-    if elo < -90 or ehi > 90:
-        raise ValueError(f"Expected elevation_range within [-90, 90], got {tuple(elevation_range)}")
-    return (alo, ahi), (elo, ehi)
-
-
 def _check_seed(seed, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"Expected {name} to be a non-negative integer, got {seed!r}")
@@ -216,7 +199,7 @@ def view_angles(
             raise ValueError(f"Expected non-negative {name}")
     if not dtype.is_floating_point:
         raise TypeError(f"Expected a floating dtype, got dtype={dtype}")
-    ranges = _check_ranges(azimuth_range, elevation_range)
+    ranges = check_view_ranges(azimuth_range, elevation_range)
     seed = _check_seed(seed)
     pose_index, view_index = torch.broadcast_tensors(pose_index.long(), view_index.long())
     return _view_angles(pose_index, view_index, seed, *ranges, dtype)
@@ -231,7 +214,7 @@ def view_angles_reference(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain-Python twin of :func:`view_angles` (arbitrary-precision ints, one pair at a time; tests only)."""
-    (alo, ahi), (elo, ehi) = _check_ranges(azimuth_range, elevation_range)
+    (alo, ahi), (elo, ehi) = check_view_ranges(azimuth_range, elevation_range)
     m_all, v_all = torch.broadcast_tensors(pose_index, view_index)
     az, el = [], []
     for m, v in zip(m_all.reshape(-1).tolist(), v_all.reshape(-1).tolist()):
@@ -457,7 +440,7 @@ class OnlineMosaicDataset(IterableDataset):
         self.batches_per_epoch = None if batches_per_epoch is None else int(batches_per_epoch)
         self.rank, self.world_size = _resolve_rank(rank, world_size)
         self.drop_last = bool(drop_last)
-        self.azimuth_range, self.elevation_range = _check_ranges(azimuth_range, elevation_range)
+        self.azimuth_range, self.elevation_range = check_view_ranges(azimuth_range, elevation_range)
         self.distance = float(distance)
         self.focal = float(focal)
         self.limb_radius = float(limb_radius)
