@@ -339,3 +339,87 @@ def warp_images_reference(
                     )
                     out[b, c, v, u] = val * scale
     return out.to(images.device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sparse warp-and-blend: sample each pixel only from the images whose weight there is non-zero
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _bilinear_taps(
+    pool_images: torch.Tensor, image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, padding_mode: str
+) -> torch.Tensor:
+    """Bilinear samples ``(K, C)`` of ``pool_images[image[k]]`` at source pixel coords ``(x[k], y[k])``.
+
+    The same arithmetic as ``grid_sample(align_corners=False)`` on the unnormalised coordinate: "border"
+    clamps the coordinate into ``[0, size - 1]`` first; "zeros" drops taps outside the image.
+    """
+    n, channels, src_h, src_w = pool_images.shape
+    if padding_mode == "border":
+        x = x.clamp(0, src_w - 1)
+        y = y.clamp(0, src_h - 1)
+    x0f, y0f = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0f, y - y0f
+    x0, y0 = x0f.long(), y0f.long()
+    flat = pool_images.reshape(-1)
+    plane = src_h * src_w
+    chan = torch.arange(channels, device=x.device) * plane
+    base = image * (channels * plane)
+    out = None
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xi, yi = x0 + dx, y0 + dy
+            w = wx * wy
+            if padding_mode == "zeros":
+                w = w * ((xi >= 0) & (xi < src_w) & (yi >= 0) & (yi < src_h)).to(w.dtype)
+            xi, yi = xi.clamp(0, src_w - 1), yi.clamp(0, src_h - 1)
+            vals = flat[(base + yi * src_w + xi)[:, None] + chan].to(w.dtype)  # (K, C)
+            term = vals * w[:, None]
+            out = term if out is None else out + term
+    return out
+
+
+def warp_blend_sparse(
+    pool_images: torch.Tensor,
+    index: torch.Tensor,
+    dst_from_src: torch.Tensor,
+    weights: torch.Tensor,
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """``Σ_j weights[b, j] · warp(pool_images[index[b, j]], dst_from_src[b, j])`` without dense warps.
+
+    Equal to ``blend(warp_gather(pool_images, index, dst_from_src, (H, W)), weights)`` (Eq. 9) up to float
+    rounding, but each pixel is sampled only from the images whose weight there is non-zero (one gather of
+    their affine-mapped coordinates), instead of warping every image over the whole frame: in a mosaic most
+    pixels have one or two non-zero weights out of J. The non-zero pairs are found with ``nonzero``, which
+    on CUDA waits for the device (a host sync); the engine uses this path on the CPU only.
+
+    Args:
+        pool_images: ``(N, C, Hs, Ws)`` uint8 (in [0, 255]) or float pool images.
+        index: ``(B, J)`` int64 pool rows, in ``[0, N)`` wherever the weight is non-zero.
+        dst_from_src: ``(B, J, 2, 3)`` float maps from pool-image pixels to destination pixels.
+        weights: ``(B, J, H, W)`` float weights (e.g. :func:`gpumosaic.blend.window_weights`, or a one-hot
+            index map for the copy-paste mosaic).
+        padding_mode: ``"border"`` or ``"zeros"``, as in :func:`warp_images`.
+
+    Returns:
+        ``(B, C, H, W)`` in ``weights``' dtype ([0, 1] scale for a uint8 pool); differentiable with respect
+        to ``weights`` and a float ``pool_images``.
+
+    Convention:
+        as :func:`warp_images`: pixels ``(x, y)`` = (column, row), centres at integers, ``dst = A @ src + t``.
+    """
+    bsz, num_j, height, width = weights.shape
+    channels = pool_images.shape[1]
+    b, j, v, u = (weights != 0).nonzero().unbind(1)
+    src_from_dst = _invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
+    uf, vf = u.to(weights.dtype), v.to(weights.dtype)
+    x = src_from_dst[:, 0, 0] * uf + src_from_dst[:, 0, 1] * vf + src_from_dst[:, 0, 2]
+    y = src_from_dst[:, 1, 0] * uf + src_from_dst[:, 1, 1] * vf + src_from_dst[:, 1, 2]
+    samples = _bilinear_taps(pool_images, index[b, j], x, y, padding_mode)  # (K, C)
+    w = weights[b, j, v, u]
+    if not pool_images.is_floating_point():
+        w = w / 255.0
+    out = torch.zeros(bsz * height * width, channels, dtype=weights.dtype, device=weights.device)
+    out = out.index_add(0, (b * height + v) * width + u, samples * w[:, None])
+    return out.view(bsz, height, width, channels).permute(0, 3, 1, 2)
