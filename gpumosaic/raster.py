@@ -34,11 +34,11 @@ __all__ = ["Triangulation", "delaunay", "interpolate_triangulated", "skeleton_di
 # float64 whatever the input dtype): how close to degenerate (collinear, cocircular) a configuration must be,
 # relative to its own scale, to count as degenerate. It only has to exceed the predicates' rounding error;
 # exact ties (duplicates, cocircular or collinear points on a grid) are then caught and resolved consistently.
-_TOL_ULPS = 64.0
+_TOL_ULPS = 16.0
 # Largest P accepted: C(17, 3) = 680 triples x 17 test points is still cheap.
 _MAX_POINTS = 17
 # Pixels processed per chunk by interpolate_triangulated (bounds peak memory to some tens of MB).
-_CHUNK_PIXELS = 1 << 20
+_CHUNK_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -194,12 +194,14 @@ def delaunay(points: torch.Tensor) -> Triangulation:
     """Delaunay triangulation of a batch of small point sets, as a padded set of triples.
 
     Every triple of points is a candidate; it is valid when its signed area is not degenerate
-    (``|2 * area| > 64 * eps * extent^2``, with ``eps`` float64's machine epsilon and ``extent`` the larger
+    (``|2 * area| > 16 * eps * extent^2``, with ``eps`` float64's machine epsilon and ``extent`` the larger
     side of the points' bounding box) and no other point lies strictly inside its circumcircle (in-circle
-    determinant evaluated in float64 whatever ``points.dtype``, with a relative tolerance of ``64 * eps``
-    times its permanent, i.e. its rounding-error bound). Ties within that tolerance (cocircular points, coincident points) are broken by simulation of
-    simplicity with lower indices taking precedence, so the valid triples always form a proper triangulation
-    of the convex hull (no overlap) and, of coincident points, only the lowest-index one is used.
+    determinant evaluated in float64 whatever ``points.dtype``, with a relative tolerance of ``16 * eps``
+    times its permanent, i.e. its rounding-error bound). Ties within that tolerance (cocircular points,
+    coincident points) are broken by simulation of simplicity with lower indices taking precedence, so the
+    valid triples form a proper triangulation of the convex hull (no overlap) and, of coincident points,
+    only the lowest-index one is used. (Sets with 4 or more points collinear to within rounding can still get
+    decisions that do not fit together; :func:`interpolate_triangulated` detects and handles that.)
     Cost: O(B * P^4), all batched; fine for P <= 17.
 
     Args:
@@ -216,7 +218,7 @@ def delaunay(points: torch.Tensor) -> Triangulation:
     Example:
         >>> tri = delaunay(torch.tensor([[[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [4.0, 3.0]]]))
         >>> tri.triangles[tri.valid[0]].tolist()
-        [[0, 1, 2], [1, 2, 3]]
+        [[0, 1, 3], [0, 2, 3]]
     """
     _check_points(points)
     return _delaunay(points)
@@ -265,18 +267,20 @@ def delaunay_reference(points: torch.Tensor) -> Triangulation:
 #     value is the vertex's value.
 # A region is an intersection of at most 3 half-planes f(p) = alpha*x + beta*y + gamma >= 0. On pixel row y a
 # half-plane is x >= X (alpha > 0) or x < X (alpha < 0) with X = -(beta*y + gamma)/alpha, or the whole row or
-# nothing (alpha = 0), so each region meets the row in an interval [start, end) of columns. The two regions
-# that share a boundary line compute it from the same canonical end points (lower point index first) with the
-# same float64 operations, so they get bit-identical X and complementary tie rules (a pixel centre on the
-# line goes to the region on its +x side; on a horizontal line, to the +y side): the intervals tile the row.
-# Sorting a row's intervals by start and letting each run until the next start turns them into run lengths
-# that sum to W; ``repeat_interleave`` expands the runs into a per-pixel run index (no per-pixel search, no
-# loop over triangles), and each pixel evaluates its run's affine map.
+# nothing (alpha = 0), so each region meets the row in an interval [lo, hi). The two regions that share a
+# boundary line compute it from the same canonical end points (lower point index first) with the same float64
+# operations, so they get bit-identical X and complementary tie rules (a pixel centre on the line goes to the
+# region on its +x side; on a horizontal line, to the +y side): the intervals tile the row. Sorting a row's
+# intervals and letting each run until the next one starts turns them into run lengths that sum to W;
+# ``repeat_interleave`` expands the runs into a per-pixel run index (no per-pixel search, no loop over
+# triangles), and each pixel evaluates its run's affine map (see _scan_regions for rounding).
 #
 # Degenerate sets (no valid triangle: all points collinear or coincident) use the 1D analogue: points sorted
 # along the direction D of their farthest pair, consecutive points joined by segments; the region of segment
 # k is the strip between the normals to D through its end points (value: linear interpolation along the
-# segment), and the half-planes beyond the first and last points take those points' values.
+# segment), and the half-planes beyond the first and last points take those points' values. The same
+# fallback serves a triangulation that fails the consistency checks in _build_regions (possible only when
+# 4 or more points are collinear to within rounding, where the in-circle decisions cannot all be exact).
 
 
 def _gather_points(q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -462,8 +466,23 @@ def _build_regions(points: torch.Tensor, values: torch.Tensor, valid: torch.Tens
                          torch.zeros(b_, nv - 2, dtype=f64, device=dev)), 1)  # (B, NV): constant values
     end_aff = torch.cat((torch.zeros(b_, nv, 2, dtype=f64, device=dev), end_val.unsqueeze(-1)), -1)
 
-    # ---- Exterior regions: hull edges + hull vertices, or the degenerate chain.
-    deg = ~valid.any(dim=1) if valid.shape[1] else torch.ones(b_, dtype=torch.bool, device=dev)
+    # ---- Consistency of the triangulation. Near-degenerate sets (e.g. 4+ points collinear to within float
+    # rounding) can give in-circle decisions that do not fit together; the result would then not tile the
+    # hull. Checks: every vertex has 0 or 2 hull edges, at most P hull edges, no point outside a hull edge.
+    tol_side = (_TOL_ULPS * torch.finfo(f64).eps) * _tolerance_scale(q)[:, None, None]
+    outward = eline * out_side.unsqueeze(-1)  # (B, P, 3): f > 0 outside the hull
+    outside = (_eval_line(outward.unsqueeze(2), q.unsqueeze(1)) > tol_side) & ne_ok.unsqueeze(-1)  # (B, P, P)
+    # Euler: a triangulation of n_v vertices with n_b hull edges has 2 n_v - n_b - 2 triangles.
+    n_b = boundary.sum(1)
+    used = torch.zeros(b_, p_, dtype=torch.long, device=dev).scatter_add_(
+        1, tvid.flatten(1), tri_ok.repeat_interleave(3, 1).long()) > 0
+    euler = tri_ok.sum(1) == 2 * used.sum(1) - n_b - 2
+    consistent = ((cnt == 0) | (cnt == 2)).all(1) & (n_b <= p_) & ~outside.flatten(1).any(1) & euler
+    # ---- Exterior regions: hull edges + hull vertices, or the degenerate chain (no triangle, or an
+    # inconsistent triangulation, whose points are then treated as nearly collinear).
+    deg = ~(valid.any(dim=1) & consistent) if valid.shape[1] else torch.ones(b_, dtype=torch.bool, device=dev)
+    tri_ok = tri_ok & ~deg[:, None]
+    int_en = tri_ok.unsqueeze(-1).expand(b_, k_, 3)
     d1, d2, d3 = deg[:, None], deg[:, None, None], deg[:, None, None, None]
     ext_lines = torch.cat((torch.where(d3, seg_lines, hull_edge_lines), torch.where(d3, end_lines, hull_vert_lines)), 1)
     hull_edge_en = ne_ok.unsqueeze(-1).expand(b_, p_, 3)
@@ -512,37 +531,43 @@ def _row_bounds(m, c, k, y):
     return x.add_(c.unsqueeze(1)).mul_(k.unsqueeze(1))
 
 
-def _scan_regions(cons, ok, aff, y, width, dtype):
+def _scan_regions(cons, ok, aff, vrange, y, width):
     """Rasterise a piecewise-affine function given as convex regions, for a chunk of the batch.
 
     cons: the output of :func:`_prepare_constraints`, sliced to the chunk; ok (b, R) bool; aff (b, R, 3) float64
-    affine maps (A, B, C), value = A x + B y + C; y (H,) float64 row coordinates. Returns the (b, H, W) values in ``dtype``.
+    affine maps (A, B, C), value = A x + B y + C; vrange: (min, max) of the values, each (b, 1, 1) float64;
+    y (H,) float64 row coordinates. Returns the (b, H, W) values in float64.
 
-    On every row each region is an interval [start, end) of columns. In exact arithmetic the regions tile
-    the row; with rounding, intervals may overlap by a pixel or leave a gap of a pixel at a boundary, where
-    both neighbours agree on the value up to rounding (the interpolant is continuous, and an affine piece
-    extrapolated by a rounding error stays exact to that error times its slope). Sorting the intervals by
-    start and letting each run until the next start ("last start wins") tiles the row exactly, with no
-    per-pixel search. Pixels are evaluated in float64 (A x + (B y + C)) and only then cast to ``dtype``:
+    On every row each region is an interval [lo, hi) of x. In exact arithmetic the regions tile the row;
+    with rounding, neighbours may overlap or leave a gap of the order of the rounding error. The intervals
+    are sorted by ``lo``; one whose ``hi`` does not exceed every earlier ``hi`` is nested in an earlier one
+    (only possible through rounding) and dropped; each remaining one then runs from ``ceil(lo)`` to the next
+    one's start ("last start wins"), which tiles the row exactly with no per-pixel search. A pixel thus gets a
+    region that contains it or, in a rounding gap, the region that ended just before it: the interpolant is
+    continuous and an affine piece extrapolated by a rounding error stays exact to that error times its
+    slope. Intervals that contain no pixel centre still take part, so a gap is never bridged by a region
+    that ended far away. Pixels are evaluated in float64 (A x + (B y + C)) and only then cast to ``dtype``:
     a thin triangle's slope can be huge, and float32 would lose its value to cancellation.
     """
     b_, r_ = ok.shape
     h_ = y.shape[0]
     lo = _row_bounds(*cons[0], y).amax(-1)  # (b, H, R): region is x >= lo ...
     hi = _row_bounds(*cons[1], y).amin(-1)  # ... and x < hi
-    start = torch.ceil(lo).clamp_(0, width)
-    end = torch.ceil(hi).clamp_(0, width)
-    keep = ok.unsqueeze(1) & (start < end)
-    # Sort by start, then by end: of two runs starting on the same pixel (e.g. both clamped to column 0) the
-    # longer one runs on, the other is at most a rounding sliver at the boundary.
-    key = torch.where(keep, start * (width + 1) + end, float(width * (width + 1)))
-    order = torch.sort(key, dim=-1, stable=True).indices
-    start = torch.gather(torch.where(keep, start, float(width)), 2, order)
+    keep = ok.unsqueeze(1) & (hi > lo)
+    inf = torch.tensor(float("inf"), dtype=lo.dtype, device=lo.device)
+    lo = torch.where(keep, lo, inf)
+    hi = torch.where(keep, hi, -inf)
+    lo, order = torch.sort(lo, dim=-1, stable=True)
+    hi = torch.gather(hi, 2, order)
+    before = torch.cat((torch.full_like(hi[..., :1], -float("inf")), torch.cummax(hi, dim=-1).values[..., :-1]), -1)
+    lead = hi > before  # not nested in an earlier interval
+    lead[..., 0] = True  # the row always has a first run (from column 0)
+    start = torch.where(lead, torch.ceil(lo).clamp(0, width), inf)
+    start[..., 0] = 0.0
+    # Each leading run ends where the next leading run starts (reverse running minimum of the starts).
     nxt = torch.cat((start[..., 1:], torch.full_like(start[..., :1], float(width))), -1)
-    length = (nxt - start).to(torch.long)
-    # The first run always starts at column 0 (only rounding can leave column 0 uncovered; the first run
-    # then extends to the left).
-    length[..., 0] = nxt[..., 0].to(torch.long)
+    nxt = torch.cummin(nxt.flip(-1), dim=-1).values.flip(-1)
+    length = torch.where(lead, nxt - start, torch.zeros_like(start)).to(torch.long)
     slope = torch.gather(aff[..., 0].unsqueeze(1).expand(b_, h_, r_), 2, order).flatten()  # A of each run
     offset = torch.addcmul(aff[:, None, :, 2], aff[:, None, :, 1], y[None, :, None])  # B y + C, (b, H, R)
     offset = torch.gather(offset, 2, order).flatten()
@@ -550,7 +575,9 @@ def _scan_regions(cons, ok, aff, y, width, dtype):
     x = torch.arange(width, dtype=y.dtype, device=y.device)
     value = torch.addcmul(offset.index_select(0, run).view(b_, h_, width),
                           slope.index_select(0, run).view(b_, h_, width), x)
-    return value.to(dtype)
+    # Every value is a convex combination of the point values; clamping to (slightly more than) their range
+    # is a safety net that only acts if a triangulation escaped the consistency checks.
+    return value.clamp_(vrange[0], vrange[1])  # float64; the caller casts while copying into its output
 
 
 def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -565,12 +592,17 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
     ok = torch.cat((iok, eok), 1)
     aff = torch.cat((iaff, eaff), 1)  # (B, R, 3) float64 affine maps, differentiable
     y64 = torch.arange(h_, dtype=torch.float64, device=dev)
+    v64 = values.detach().to(torch.float64)
+    vmin, vmax = v64.amin(1)[:, None, None], v64.amax(1)[:, None, None]
+    # Widened by far more than rounding, so the clamp never acts (nor cuts gradients) on a correct result.
+    slack = 1e-6 * (vmax - vmin) + 1e-12 * (vmin.abs() + vmax.abs()) + 1e-300
+    vmin, vmax = vmin - slack, vmax + slack
     chunk = max(1, _CHUNK_PIXELS // (h_ * w_))
     out = torch.empty(b_, h_, w_, dtype=dt, device=dev)
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
         sl = slice(s, min(s + chunk, b_))
         chunk_cons = tuple(tuple(t[sl] for t in group) for group in cons)
-        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], y64, w_, dt)
+        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], (vmin[sl], vmax[sl]), y64, w_)
     return out
 
 
@@ -578,8 +610,9 @@ def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: S
     """Piecewise-linear interpolation of per-point values over their Delaunay triangulation (Eq. 5, step 6).
 
     Inside the convex hull of ``points[b]`` a pixel gets the barycentric interpolation of ``values[b]`` in the
-    Delaunay triangle (:func:`delaunay`) that contains it (on an edge shared by two triangles both give the
-    same value up to rounding). Outside the hull it gets the value of the nearest hull point, i.e. the linear
+    Delaunay triangle (:func:`delaunay`) that contains it (a pixel centre on an edge shared by two triangles
+    goes to the one on its +x side, or +y side for a horizontal edge; both give the same value up to
+    rounding). Outside the hull it gets the value of the nearest hull point, i.e. the linear
     interpolation along the nearest hull edge at the orthogonal projection, or a hull vertex's value: a
     continuous extension. Degenerate point sets:
 
@@ -587,12 +620,16 @@ def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: S
       are joined by segments; a pixel gets the value at its nearest point of those segments (the union of the
       segments joining all point pairs), interpolated linearly along the segment;
     * a single distinct point (P = 1, or all points coincident): its value everywhere;
-    * coincident points: the lowest-index copy's value is used, the others are ignored.
+    * coincident points: the lowest-index copy's value is used, the others are ignored;
+    * near-degenerate sets whose triangulation is not consistent in floating point (4 or more points
+      collinear to within rounding): treated as collinear, as above.
 
-    The result is never NaN for finite inputs. It is differentiable w.r.t. ``values`` (linear in them) and,
-    away from the measure-zero set where the triangulation or a pixel's region changes, w.r.t. ``points``.
-    Cost: O(B * H * W) with a small constant (no per-triangle pass over the pixels), memory bounded by
-    processing about 2^20 pixels at a time.
+    The result is never NaN for finite inputs and lies within ``[values.min(), values.max()]`` of its element
+    (up to 1e-6 of that range). It is differentiable w.r.t. ``values`` (linear in them) and, away from the
+    measure-zero set where the triangulation or a pixel's region changes, w.r.t. ``points``. Pixels are
+    evaluated in float64 and cast to ``values.dtype`` at the end. Cost: O(B * H * W) with a small constant
+    (no per-triangle pass over the pixels: each pixel row is scan-converted into intervals of convex
+    regions), memory bounded by processing about 2^18 pixels at a time (some tens of MB).
 
     Args:
         points: (B, P, 2) floating tensor of point positions in pixels, 1 <= P <= 17, finite.
@@ -739,6 +776,7 @@ def skeleton_distance(pose: torch.Tensor, skeleton: Skeleton | str, size: Sequen
     xs = torch.arange(w_, dtype=dt, device=dev)
     ys = torch.arange(h_, dtype=dt, device=dev)
     best = torch.full((b_, h_, w_), float("inf"), dtype=dt, device=dev)
+    track = torch.is_grad_enabled() and pose.requires_grad  # static choice: out-of-place ops for autograd
     for ia, ib in bones:  # fixed count: the skeleton's bones
         a, b = pose[:, ia], pose[:, ib]  # (B, 2)
         d = b - a
@@ -751,10 +789,12 @@ def skeleton_distance(pose: torch.Tensor, skeleton: Skeleton | str, size: Sequen
         dy = ys[None, :, None] - a[:, 1, None, None]  # (B, H, 1)
         s = nx * dx + ny * dy  # along the bone, (B, H, W)
         r = nx * dy - ny * dx  # across the bone
-        e = s - torch.minimum(s.clamp_min(0), length[:, None, None])
-        dist2 = r.square_().addcmul_(e, e)
-        torch.minimum(best, dist2, out=best)
-    return best.sqrt_()
+        e = s - torch.minimum(s.clamp_min(0), length[:, None, None])  # overshoot beyond the nearer end
+        if track:
+            best = torch.minimum(best, r.square() + e.square())
+        else:  # in place: no fresh (B, H, W) buffers per bone
+            torch.minimum(best, r.square_().addcmul_(e, e), out=best)
+    return best.sqrt() if track else best.sqrt_()
 
 
 def skeleton_distance_reference(pose: torch.Tensor, skeleton: Skeleton | str,
