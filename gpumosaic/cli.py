@@ -1,9 +1,16 @@
 """The ``gpumosaic`` command.
 
-``gpumosaic generate --n N --out DIR``: N mosaics from the embedded demo data (or a user pool/mocap source
-in a later release) with their annotations; ``gpumosaic preview --out FIG.png``: the paper's Figure 2 for one
-query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable WebDataset-style tar shards
-(also under ``torchrun``; see :mod:`gpumosaic.export`).
+``gpumosaic generate --n N --out DIR``: N mosaics with their annotations; ``gpumosaic preview --out FIG.png``:
+the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable
+WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
+fetch and build the real default data (:mod:`gpumosaic.sources.real`).
+
+Sources: ``--pool KIND:PATH`` and ``--mocap KIND:PATH`` pick the 2D pool and the 3D mocap (KIND one of
+:data:`~gpumosaic.sources.build.POOL_KINDS` / :data:`~gpumosaic.sources.build.MOCAP_KINDS`, or ``demo`` /
+``real``, whose PATH is optional: ``demo`` reads the embedded demo ``.npz`` or PATH, ``real`` the prepared
+cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`` pass loader keywords. Without
+them the prepared real data is used when its cache is ready, else the embedded synthetic demo data (with a
+one-line notice).
 """
 
 from __future__ import annotations
@@ -27,6 +34,26 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+SPECIAL_KINDS = ("demo", "real")
+"""Source kinds that are not loaders: the embedded demo data and the prepared real data."""
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    from .sources.build import MOCAP_KINDS, POOL_KINDS
+
+    parser.add_argument("--pool", metavar="KIND:PATH", default=None,
+                        help=f"2D pool source, KIND one of {', '.join(sorted(POOL_KINDS) + list(SPECIAL_KINDS))} "
+                             f"(default: real data if prepared, else demo)")
+    parser.add_argument("--mocap", metavar="KIND:PATH", default=None,
+                        help=f"3D mocap source, KIND one of {', '.join(sorted(MOCAP_KINDS) + list(SPECIAL_KINDS))} "
+                             f"(default: real data if prepared, else demo)")
+    parser.add_argument("--pool-option", metavar="KEY=VALUE", action="append", default=[],
+                        help="keyword for the pool loader (repeatable; VALUE read as JSON when it parses, "
+                             "e.g. image_dir=/data/frames or stride=2)")
+    parser.add_argument("--mocap-option", metavar="KEY=VALUE", action="append", default=[],
+                        help="keyword for the mocap loader (repeatable), e.g. stride=4 or scale=cm")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpumosaic", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_source_options(gen)
 
     pre = sub.add_parser("preview", help="draw the paper's Figure 2 for one query")
     pre.add_argument("--out", type=Path, required=True, help="figure path (.png)")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--seed", type=int, default=0)
+    _add_source_options(pre)
 
     exp = sub.add_parser("export", help="write N mosaics as resumable tar shards (torchrun: one process per GPU)")
     # "--num-samples": torchrun's own parser rejects "--n" as an ambiguous abbreviation of its options.
@@ -63,7 +92,104 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--size", type=int, default=220,
                      help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_source_options(exp)
+
+    data = sub.add_parser("data", help="manage the real default data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="fetch the pinned packages, verify them and build the real pool "
+                                               "and mocap (idempotent)")
+    prep.add_argument("--cache", type=Path, default=None,
+                      help="cache folder (default $GPUMOSAIC_CACHE or ~/.cache/gpumosaic/real)")
+    prep.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
+    prep.add_argument("--offline-ok", action="store_true",
+                      help="when a download fails (e.g. no network), print a notice and exit 0: the commands then "
+                           "fall back to the embedded demo data")
+    prep.add_argument("--device", default="cpu", help="device for the pool crops (default cpu)")
+    prep.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _options(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SystemExit(f"error: {flag} expects KEY=VALUE with KEY a Python identifier, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _split_source(spec: str, flag: str) -> tuple[str, Path | None]:
+    """``KIND:PATH`` -> (kind, path); ``demo`` / ``real`` may omit the path."""
+    from .sources.build import parse_source
+
+    kind, sep, rest = spec.partition(":")
+    if kind.lower() in SPECIAL_KINDS and not rest:
+        return kind.lower(), None
+    try:
+        return parse_source(spec)
+    except ValueError as err:
+        raise SystemExit(f"error: {flag}: {err}") from None
+
+
+def default_source() -> str:
+    """``"real"`` when the prepared real data is ready (:func:`gpumosaic.sources.real.cache_ready`), else ``"demo"``."""
+    from .sources.real import cache_ready
+
+    return "real" if cache_ready() else "demo"
+
+
+def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool_options: dict | None = None,
+                 mocap_options: dict | None = None, notice=None):
+    """Resolve ``--pool`` / ``--mocap`` specs into ``(Pool2D, Mocap3D)`` on ``device``.
+
+    A missing spec takes the default source (:func:`default_source`); falling back to the demo data prints a
+    one-line notice through ``notice`` (default: stderr).
+    """
+    from .sources.build import MOCAP_KINDS, POOL_KINDS, load_mocap, load_pool
+    from .sources.demo import load_demo_mocap, load_demo_pool
+    from .sources.real import load_real_mocap, load_real_pool
+
+    notice = notice or (lambda text: print(text, file=sys.stderr))
+    if pool is None or mocap is None:
+        default = default_source()
+        if default == "demo":
+            notice("notice: no prepared real data (run `gpumosaic data prepare`); using the embedded synthetic "
+                   "demo data")
+        pool = pool or default
+        mocap = mocap or default
+    pool_kind, pool_path = _split_source(pool, "--pool")
+    mocap_kind, mocap_path = _split_source(mocap, "--mocap")
+    if pool_kind not in POOL_KINDS and pool_kind not in SPECIAL_KINDS:
+        raise SystemExit(f"error: --pool: unknown kind {pool_kind!r}; expected one of "
+                         f"{sorted(POOL_KINDS) + list(SPECIAL_KINDS)}")
+    if mocap_kind not in MOCAP_KINDS and mocap_kind not in SPECIAL_KINDS:
+        raise SystemExit(f"error: --mocap: unknown kind {mocap_kind!r}; expected one of "
+                         f"{sorted(MOCAP_KINDS) + list(SPECIAL_KINDS)}")
+    try:
+        if pool_kind == "demo":
+            pool_data = load_demo_pool(device=device, path=pool_path)
+        elif pool_kind == "real":
+            pool_data = load_real_pool(device=device, cache=pool_path)
+        else:
+            pool_data = load_pool(pool_kind, pool_path, device=device, **(pool_options or {}))
+        if mocap_kind == "demo":
+            mocap_data = load_demo_mocap(device=device, path=mocap_path)
+        elif mocap_kind == "real":
+            mocap_data = load_real_mocap(device=device, cache=mocap_path)
+        else:
+            mocap_data = load_mocap(mocap_kind, mocap_path, device=device, **(mocap_options or {}))
+    except (OSError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {err}") from None
+    return pool_data, mocap_data
+
+
+def _sources(args, device: torch.device):
+    return load_sources(args.pool, args.mocap, device, _options(args.pool_option, "--pool-option"),
+                        _options(args.mocap_option, "--mocap-option"))
 
 
 def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device):
@@ -81,13 +207,11 @@ def generate(args) -> int:
     from tqdm import tqdm
 
     from .engine import MosaicEngine
-    from .sources.demo import load_demo_mocap, load_demo_pool
 
     if args.n <= 0 or args.batch_size <= 0:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
-    pool = load_demo_pool(device=device)
-    mocap = load_demo_mocap(device=device)
+    pool, mocap = _sources(args, device)
     engine = MosaicEngine(pool, skeleton=pool.skeleton, blend=not args.no_blend, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     out = Path(args.out)
@@ -137,12 +261,10 @@ def generate(args) -> int:
 
 def preview(args) -> int:
     from .engine import MosaicEngine
-    from .sources.demo import load_demo_mocap, load_demo_pool
     from .viz import pipeline_figure
 
     device = _device(args.device)
-    pool = load_demo_pool(device=device)
-    mocap = load_demo_mocap(device=device)
+    pool, mocap = _sources(args, device)
     engine = MosaicEngine(pool, skeleton=pool.skeleton, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
@@ -161,7 +283,6 @@ def export(args) -> int:
 
     from .engine import MosaicEngine
     from .export import export_shards
-    from .sources.demo import load_demo_mocap, load_demo_pool
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
@@ -173,8 +294,7 @@ def export(args) -> int:
     if created:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        pool = load_demo_pool(device=device)
-        mocap = load_demo_mocap(device=device)
+        pool, mocap = _sources(args, device)
         try:
             engine = MosaicEngine(pool, skeleton=pool.skeleton, size=args.size, blend=not args.no_blend,
                                   device=device)
@@ -199,8 +319,28 @@ def export(args) -> int:
     return 0
 
 
+def data(args) -> int:
+    """``gpumosaic data prepare``: see :func:`gpumosaic.sources.real.prepare`."""
+    from .sources.real import HashMismatchError, prepare
+
+    try:
+        report = prepare(args.cache, force=args.force, quiet=args.quiet, device=_device(args.device))
+    except RuntimeError as err:
+        if args.offline_ok:
+            print(f"notice: could not fetch the real data ({str(err).splitlines()[0]}); gpumosaic will use the "
+                  f"embedded synthetic demo data", file=sys.stderr)
+            return 0
+        raise SystemExit(f"error: {err}\n(use --offline-ok to continue with the embedded demo data)") from None
+    except HashMismatchError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(report.message())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "data":
+        return data(args)
     if args.command == "generate":
         return generate(args)
     if args.command == "export":

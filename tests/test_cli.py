@@ -11,11 +11,14 @@ from gpumosaic.cli import main
 from gpumosaic.geometry import fit_to_box
 from gpumosaic.sources.demo import load_demo_mocap
 
+# The tests pin the embedded demo data: the default source is the real data when its cache exists.
+DEMO = ["--pool", "demo", "--mocap", "demo"]
+
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
-    assert main(["generate", "--n", "3", "--out", str(out), "--device", "cpu", "--seed", "7",
+    assert main(["generate", "--n", "3", "--out", str(out), "--device", "cpu", *DEMO, "--seed", "7",
                  "--batch-size", "2", "--quiet"]) == 0
     return out
 
@@ -47,7 +50,7 @@ def test_generate_writes_images_and_labels(generated):
 
 
 def test_generate_same_seed_same_output(generated, tmp_path):
-    assert main(["generate", "--n", "3", "--out", str(tmp_path), "--device", "cpu", "--seed", "7",
+    assert main(["generate", "--n", "3", "--out", str(tmp_path), "--device", "cpu", *DEMO, "--seed", "7",
                  "--batch-size", "2", "--quiet"]) == 0
     assert _records(tmp_path) == _records(generated)
     for rec in _records(generated):
@@ -55,7 +58,7 @@ def test_generate_same_seed_same_output(generated, tmp_path):
 
 
 def test_generate_no_blend_and_bad_args(tmp_path):
-    assert main(["generate", "--n", "1", "--out", str(tmp_path), "--device", "cpu", "--no-blend", "--quiet"]) == 0
+    assert main(["generate", "--n", "1", "--out", str(tmp_path), "--device", "cpu", *DEMO, "--no-blend", "--quiet"]) == 0
     assert len(_records(tmp_path)) == 1
     with pytest.raises(SystemExit):
         main(["generate", "--n", "0", "--out", str(tmp_path), "--device", "cpu"])
@@ -63,7 +66,7 @@ def test_generate_no_blend_and_bad_args(tmp_path):
 
 def test_preview_writes_figure(tmp_path):
     path = tmp_path / "fig.png"
-    assert main(["preview", "--out", str(path), "--device", "cpu", "--seed", "2"]) == 0
+    assert main(["preview", "--out", str(path), "--device", "cpu", *DEMO, "--seed", "2"]) == 0
     img = cv2.imread(str(path))
     assert img is not None and img.shape[0] > 500 and img.shape[1] > 800
     assert img.std() > 10  # a drawn figure, not a blank canvas

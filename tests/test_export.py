@@ -21,7 +21,7 @@ from gpumosaic.sources import Mocap3D
 
 SIZE = 64  # small images for speed (the paper's 220 is the default)
 N, SHARD, BATCH, SEED = 8, 3, 2, 5  # shards of 3, 3, 2 samples
-CLI_ARGS = ["--shard-size", str(SHARD), "--batch-size", str(BATCH), "--size", str(SIZE), "--device", "cpu",
+CLI_ARGS = ["--pool", "demo", "--mocap", "demo", "--shard-size", str(SHARD), "--batch-size", str(BATCH), "--size", str(SIZE), "--device", "cpu",
             "--seed", str(SEED), "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
 

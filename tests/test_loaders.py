@@ -793,6 +793,9 @@ def test_deepmimic_urdf_offsets_and_malformed(tmp_path):
     (tmp_path / "h.urdf").write_text(urdf)
     offsets, head = read_urdf_offsets(tmp_path / "h.urdf")
     assert offsets == {"chest": (0.0, 0.5, 0.0)}
+    # pybullet's shipped humanoid.urdf ends with NUL bytes after </robot>: they are tolerated.
+    (tmp_path / "nul.urdf").write_bytes(urdf.encode() + b"\x00\x00")
+    assert read_urdf_offsets(tmp_path / "nul.urdf") == (offsets, head)
     assert head == pytest.approx((0.0, 0.3, 0.0))
     rows = [_dm_row(np.random.default_rng(0), identity=True)]
     (tmp_path / "c.txt").write_text(json.dumps({"Frames": rows}))

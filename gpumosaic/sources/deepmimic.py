@@ -95,7 +95,8 @@ def read_urdf_offsets(urdf: PathLike, scale: float = URDF_SCALE) -> tuple[dict[s
     """
     urdf = Path(urdf)
     try:
-        root = ET.parse(urdf).getroot()
+        # pybullet's humanoid.urdf ends with NUL bytes after </robot>, which XML parsers reject.
+        root = ET.fromstring(urdf.read_bytes().rstrip(b"\x00"))
     except ET.ParseError as exc:
         raise ValueError(f"{urdf}: invalid XML at line {exc.position[0]}: {exc}") from None
     offsets = {}
