@@ -202,3 +202,21 @@ def test_checks_disabled_still_binds_shapes(monkeypatch):
     az, el = sample_views(2, 3, generator=torch.Generator().manual_seed(0))
     views = render_views(poses, LSP14, az, el)
     assert views.pose2d.shape == (2, 3, 14, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_hot_path_makes_no_host_sync():
+    """Once inputs are validated, the engine never waits for the device (sync debug mode raises)."""
+    pool = _random_pool(n=6, seed=14)
+    eng = MosaicEngine(pool, size=40, device="cuda")
+    q = (torch.rand(3, 14, 2) * 90).cuda()
+    occ = torch.zeros(3, 14, dtype=torch.bool, device="cuda")
+    eng._synthesise(q, ~occ)  # warm-up (lazy CUDA initialisation may sync)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        from gpumosaic._check import unchecked
+
+        with unchecked():
+            eng._synthesise(q, ~occ)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
