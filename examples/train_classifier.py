@@ -54,7 +54,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from gpumosaic import Mocap3D, load_demo_mocap, load_demo_pool
+from gpumosaic import Mocap3D
 from gpumosaic.camera import look_at, project, torso_centre
 from gpumosaic.classes import PoseClasses
 from gpumosaic.dataset import OnlineMosaicDataset, view_angles
@@ -81,7 +81,7 @@ SUBJECT_STRIDE = 100000
 MIN_SIZE = {"alexnet": 63, "vgg16": 32}
 
 # Settings a resumed run must share with its checkpoint (they fix the data stream or the model).
-_RESUME_KEYS = ("backbone", "classes", "size", "views", "class_views", "seed", "batch_size", "world_size",
+_RESUME_KEYS = ("pool", "mocap", "backbone", "classes", "size", "views", "class_views", "seed", "batch_size", "world_size",
                 "workers", "heldout_subjects", "train_poses", "optimizer", "lr", "weight_decay", "amp")
 
 
@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers generating batches (CPU only; each draws its own stream)")
+    g.add_argument("--pool", default=None,
+                   help="KIND:PATH as for `gpumosaic generate`; default: the prepared real data, else the demo")
+    g.add_argument("--mocap", default=None,
+                   help="KIND:PATH; default: the prepared real data, else the demo (held-out split by ids // 100000)")
     g.add_argument("--seed", type=int, default=0, help="fixes cameras, epoch orders, k-means, init, dropout")
     g.add_argument("--log-every", type=int, default=5, help="print and log the loss every n steps")
 
@@ -202,9 +206,10 @@ def _distributed() -> bool:
 
 
 def split_mocap(mocap: Mocap3D, heldout_subjects: int, train_poses: int | None = None) -> tuple[Mocap3D, Mocap3D]:
-    """Split the demo mocap by subject: the last ``heldout_subjects`` subjects form the held-out set.
+    """Split mocap by subject: the last ``heldout_subjects`` subjects form the held-out set.
 
-    Subjects are ``ids // 100000`` (the demo's id scheme). Returns ``(train, heldout)``; ``train_poses``
+    Subjects are ``ids // 100000``: the demo's subjects, or the real data's sequences (TRC files, DeepMimic
+    clips). Returns ``(train, heldout)``; ``train_poses``
     keeps only the first n training poses.
     """
     subject = mocap.ids // SUBJECT_STRIDE
@@ -481,10 +486,12 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
         if diff:
             raise SystemExit(f"--resume {args.resume}: settings differ from the checkpoint's (saved, now): {diff}")
 
-    # Data: demo pool, mocap split by subject.
-    pool = load_demo_pool(device=device)
-    train_mocap, test_mocap = split_mocap(load_demo_mocap(device=device), args.heldout_subjects,
-                                          args.train_poses or None)
+    # Data: the default sources of the `gpumosaic` command (the prepared real data, else the demo), mocap
+    # split by subject (demo subjects; real-data sequences: both are ``ids // 100000``).
+    from gpumosaic.cli import load_sources
+
+    pool, mocap = load_sources(args.pool, args.mocap, device)
+    train_mocap, test_mocap = split_mocap(mocap, args.heldout_subjects, args.train_poses or None)
     M = len(train_mocap)
     per_rank = M * args.views // world
     streams = max(args.workers, 1)

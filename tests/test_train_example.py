@@ -25,6 +25,7 @@ TINY = [
     "--device", "cpu", "--steps", "16", "--batch-size", "8", "--size", "64", "--classes", "4",
     "--train-poses", "4", "--views", "2", "--class-views", "2", "--eval-samples", "8", "--eval-views", "2",
     "--log-every", "4", "--lr", "3e-4", "--seed", "0", "--quiet",
+    "--pool", "demo", "--mocap", "demo",  # pinned: the default is the real data once it is prepared
 ]
 
 
