@@ -29,6 +29,7 @@ from .geometry import align_rotation, apply_affine, compose_affine, fit_to_box, 
 from .raster import interpolate_triangulated, skeleton_distance
 from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
 from .skeleton import LSP14, Skeleton
+from .soft import synthesise_soft
 from .sources.base import Pool2D
 from .warp import warp_gather
 
@@ -58,6 +59,12 @@ class MosaicSettings:
         blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
         retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
+        soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
+            log-probability maps at temperature τ instead of the argmax, smooth skeleton distance and
+            smooth windows, so mosaics have gradients w.r.t. the query joints (matches stay discrete).
+            ``False`` (default): the paper's hard engine.
+        temperature: τ > 0 of soft mode (ignored in hard mode): τ = 1 mixes the warps in proportion to
+            their probabilities, τ → 0 tends to hard mode.
     """
 
     size: int = 220
@@ -70,6 +77,8 @@ class MosaicSettings:
     blend: bool = True
     warp_chunk: int = 256
     retrieval_budget: int = 256 << 20
+    soft: bool = False
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -82,6 +91,8 @@ class MosaicSettings:
             raise ValueError(f"Expected alpha >= 1 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
         if self.padding_mode not in ("border", "zeros"):
             raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,8 @@ class MosaicEngine:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`); uint8 images stay uint8 on the
             device; float images in [0, 1] make the mosaics differentiable with respect to them.
         skeleton: the joint layout of queries and pool (default ``LSP14``); must match ``pool.skeleton``.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend: see :class:`MosaicSettings`.
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature: see
+            :class:`MosaicSettings`.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         settings: a full :class:`MosaicSettings` instead of the keyword arguments above.
 
@@ -169,6 +181,8 @@ class MosaicEngine:
         mirror: bool = True,
         padding_mode: str = "border",
         blend: bool = True,
+        soft: bool = False,
+        temperature: float = 1.0,
         device: torch.device | str | None = None,
         settings: MosaicSettings | None = None,
     ) -> None:
@@ -178,7 +192,7 @@ class MosaicEngine:
             raise ValueError(f"Pool skeleton {pool.skeleton.name} differs from engine skeleton {skeleton.name}")
         self.settings = settings or MosaicSettings(
             size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
-            padding_mode=padding_mode, blend=blend,
+            padding_mode=padding_mode, blend=blend, soft=soft, temperature=temperature,
         )
         self.skeleton = skeleton
         self.pool = pool if device is None else pool.to(device)
@@ -248,6 +262,8 @@ class MosaicEngine:
 
     def _synthesise(self, query: torch.Tensor, searched: torch.Tensor) -> MosaicResult:
         s = self.settings
+        if s.soft:  # differentiable w.r.t. the query: gpumosaic/soft.py, docs/differentiable.md
+            return synthesise_soft(self, query, searched)
         b, num_j = query.shape[:2]
         searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
 

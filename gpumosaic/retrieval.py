@@ -176,7 +176,7 @@ class RetrievalIndex:
     def distances(self, query: torch.Tensor, budget_bytes: int = 256 << 20) -> torch.Tensor:
         """Eq. 3 for every query joint against every index entry: (B, J, 2) -> (B, J, Nv)."""
         query = _check_query(query, self.skeleton, self.joints)
-        pair, cp, wp = self._query_side(query)
+        pair, cp, wp = self._query_side(query.detach())  # retrieval carries no gradient (Eq. 4 is an argmin)
         step = self._chunk_size(*query.shape[:2], budget_bytes)
         out = [self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))) for s in range(0, len(self), step)]
         return torch.cat(out, -1)
@@ -195,7 +195,7 @@ class RetrievalIndex:
             check_shape(searched, ["B", "J"], name="searched", dims={"B": b, "J": j})
             if searched.dtype != torch.bool:
                 raise TypeError(f"Expected searched to be a bool tensor, got {searched.dtype}")
-        pair, cp, wp = self._query_side(query)
+        pair, cp, wp = self._query_side(query.detach())  # an argmin has no gradient
         step = self._chunk_size(b, j, budget_bytes)
         best_d = torch.full((b, j), float("inf"), dtype=query.dtype, device=query.device)
         best_i = torch.zeros((b, j), dtype=torch.long, device=query.device)
@@ -234,7 +234,8 @@ def joint_distances(query: torch.Tensor, pool: torch.Tensor, skeleton: Skeleton)
         skeleton: joint layout (bones define the neighbour ``i`` of each ``j``).
 
     Returns:
-        (B, J, N) distances, ``out[b, j, n] = D_j(query[b], pool[n])``.
+        (B, J, N) distances, ``out[b, j, n] = D_j(query[b], pool[n])``, detached: retrieval carries no
+        gradient (the soft engine differentiates through alignment, warps and maps, not the choice of match).
     """
     return RetrievalIndex.build(pool, skeleton).distances(query)
 

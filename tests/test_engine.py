@@ -220,3 +220,10 @@ def test_cuda_hot_path_makes_no_host_sync():
             eng._synthesise(q, ~occ)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_hard_mode_accepts_a_query_that_requires_grad():
+    pool = _random_pool(n=4, seed=15)
+    q = (torch.rand(2, 14, 2) * 60).requires_grad_(True)
+    res = MosaicEngine(pool, size=24)(q)
+    assert torch.isfinite(res.images).all()

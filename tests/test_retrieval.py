@@ -107,3 +107,13 @@ def test_inputs_not_mutated():
     best_matches(q, p, LSP14)
     torch.testing.assert_close(q, q0)
     torch.testing.assert_close(p, p0)
+
+
+def test_queries_that_require_grad():
+    """Retrieval ignores the autograd graph (an argmin): same results, no error, detached outputs."""
+    pool = _poses(6, 14, 11)
+    q = _poses(2, 14, 12).requires_grad_(True)
+    torch.testing.assert_close(best_matches(q, pool, LSP14), best_matches(q.detach(), pool, LSP14))
+    d = joint_distances(q, pool, LSP14)
+    assert not d.requires_grad
+    torch.testing.assert_close(d, joint_distances(q.detach(), pool, LSP14))
