@@ -31,7 +31,7 @@ from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
 from .skeleton import LSP14, Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
-from .warp import warp_gather
+from .warp import warp_blend_sparse, warp_gather
 
 __all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA"]
 
@@ -65,6 +65,12 @@ class MosaicSettings:
             ``False`` (default): the paper's hard engine.
         temperature: τ > 0 of soft mode (ignored in hard mode): τ = 1 mixes the warps in proportion to
             their probabilities, τ → 0 tends to hard mode.
+        warps: how the hard engine samples the matched images. ``"dense"``: warp every match over the whole
+            frame (``warped`` is returned). ``"sparse"``: sample each pixel only from the matches whose
+            weight there is non-zero (:func:`~gpumosaic.warp.warp_blend_sparse`; the same mosaics up to float
+            rounding, several times less work, ``warped`` is ``None``: :meth:`MosaicEngine.warp_matches`
+            recomputes it); it finds the non-zero weights with ``nonzero``, a host sync on CUDA.
+            ``"auto"`` (default): sparse on the CPU, dense on CUDA.
     """
 
     size: int = 220
@@ -79,6 +85,7 @@ class MosaicSettings:
     retrieval_budget: int = 256 << 20
     soft: bool = False
     temperature: float = 1.0
+    warps: str = "auto"
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -91,6 +98,8 @@ class MosaicSettings:
             raise ValueError(f"Expected alpha >= 1 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
         if self.padding_mode not in ("border", "zeros"):
             raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
+        if self.warps not in ("auto", "dense", "sparse"):
+            raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
 
@@ -113,7 +122,8 @@ class MosaicResult:
         query: float (B, J, 2), the query poses in the S×S box (the 2D label of ``images``).
         aligned: float (B, J, J, 2), ``q'``: each match's joints after the rigid map ``T`` (Eq. 2).
         query_from_stored: float (B, J, 2, 3), the affine each match was warped with.
-        warped: float (B, J, 3, S, S), each match warped into the query frame (zeros where not searched).
+        warped: float (B, J, 3, S, S), each match warped into the query frame (zeros where not searched);
+            ``None`` with sparse warps (:meth:`MosaicEngine.warp_matches` recomputes it).
         probability: float (B, J, S, S), the probability maps (Eq. 5; zeros where not searched).
         weights: float (B, J, S, S) blending weights ``w_j`` (Eq. 8), or None when blending is off.
         distance: float (B, S, S) distance to the query skeleton ``d`` (Eq. 7), or None when blending is off.
@@ -130,7 +140,7 @@ class MosaicResult:
     query: torch.Tensor
     aligned: torch.Tensor
     query_from_stored: torch.Tensor
-    warped: torch.Tensor
+    warped: torch.Tensor | None
     probability: torch.Tensor
     weights: torch.Tensor | None
     distance: torch.Tensor | None
@@ -153,7 +163,7 @@ class MosaicEngine:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`); uint8 images stay uint8 on the
             device; float images in [0, 1] make the mosaics differentiable with respect to them.
         skeleton: the joint layout of queries and pool (default ``LSP14``); must match ``pool.skeleton``.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature: see
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature, warps: see
             :class:`MosaicSettings`.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         settings: a full :class:`MosaicSettings` instead of the keyword arguments above.
@@ -183,6 +193,7 @@ class MosaicEngine:
         blend: bool = True,
         soft: bool = False,
         temperature: float = 1.0,
+        warps: str = "auto",
         device: torch.device | str | None = None,
         settings: MosaicSettings | None = None,
     ) -> None:
@@ -193,6 +204,7 @@ class MosaicEngine:
         self.settings = settings or MosaicSettings(
             size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
             padding_mode=padding_mode, blend=blend, soft=soft, temperature=temperature,
+            warps=warps,
         )
         self.skeleton = skeleton
         self.pool = pool if device is None else pool.to(device)
@@ -216,6 +228,22 @@ class MosaicEngine:
             box_from_stored = torch.cat([box_from_stored, box_from_stored_m], 0)
         self.box_from_stored = box_from_stored  # (Nv, 2, 3)
         self.index = RetrievalIndex.build(box, self.skeleton)
+
+    def _warp(self, source: torch.Tensor, query_from_stored: torch.Tensor, searched: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        mask = searched[..., None, None, None].to(torch.float32)
+        return warp_gather(
+            self.pool.images, source.clamp_min(0), query_from_stored, (s.size, s.size),
+            padding_mode=s.padding_mode, chunk=s.warp_chunk,
+        ) * mask
+
+    def warp_matches(self, result: MosaicResult) -> torch.Tensor:
+        """The dense stack of matched images warped into the query frame, (B, J, 3, S, S), zeros where a joint
+        was not searched: ``result.warped`` when the engine kept it, else recomputed (sparse warps)."""
+        if result.warped is not None:
+            return result.warped
+        with unchecked():
+            return self._warp(result.source, result.query_from_stored, result.searched)
 
     def to(self, device) -> "MosaicEngine":
         return MosaicEngine(self.pool.to(device), self.skeleton, settings=self.settings)
@@ -287,14 +315,13 @@ class MosaicEngine:
         aligned = apply_affine(query_from_box, q)  # (B, J, J, 2)
         query_from_stored = compose_affine(query_from_box, self.box_from_stored[m])
 
-        # Warps: one resampling from the stored image (mirror folded into the affine).
+        # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
+        # (only where a weight is non-zero) once the weights are known.
         n_real = len(self.pool)
         source = m % n_real
         mask = searched[..., None, None, None].to(torch.float32)
-        warped = warp_gather(
-            self.pool.images, source, query_from_stored, (s.size, s.size),
-            padding_mode=s.padding_mode, chunk=s.warp_chunk,
-        ) * mask  # (B, J, 3, S, S)
+        sparse = s.warps == "sparse" or (s.warps == "auto" and self.device.type == "cpu")
+        warped = None if sparse else self._warp(source, query_from_stored, searched)  # (B, J, 3, S, S)
 
         # 4. Probability maps (Eq. 5): vertex values exp(-||p_k - q'_k||^2 / sigma^2), barycentric inside
         # the Delaunay triangulation of q', nearest-hull-point value outside.
@@ -305,16 +332,25 @@ class MosaicEngine:
 
         # 5. Index map and copy-paste mosaic (Eq. 5-6).
         index = index_map(prob, searched)
-        unblended = mosaic_from_index(warped, index)
+        unblended = None if sparse else mosaic_from_index(warped, index)
 
         # 6. Pose-aware blending (Eq. 7-9).
         weights = distance = None
-        images = unblended
         if s.blend:
             distance = skeleton_distance(p, self.skeleton, (s.size, s.size))
             half = window_half_width(distance, s.alpha, s.beta)
             weights = window_weights(index, num_j, half)
-            images = blend(warped, weights)
+            if sparse:  # every window holds its own pixel: the copy-paste samples are among the blend's
+                images, unblended = warp_blend_sparse(
+                    self.pool.images, source, query_from_stored, weights, s.padding_mode, index_map=index
+                )
+            else:
+                images = blend(warped, weights)
+        else:
+            if sparse:
+                one_hot = torch.nn.functional.one_hot(index, num_j).permute(0, 3, 1, 2).to(prob.dtype)
+                unblended = warp_blend_sparse(self.pool.images, source, query_from_stored, one_hot, s.padding_mode)
+            images = unblended
 
         ids = self.pool.ids.to(self.device)
         return MosaicResult(

@@ -45,6 +45,7 @@ def pipeline_figure(result, engine, b: int, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     skel = engine.skeleton
+    warped = engine.warp_matches(result)
     num_j = result.matches.shape[1]
     size = result.images.shape[-1]
     cols = 7
@@ -72,7 +73,7 @@ def pipeline_figure(result, engine, b: int, path: str | Path) -> None:
     for j in range(num_j):
         r, c = divmod(j, cols)
         ax = axes[1 + r, c]
-        ax.imshow(_img(result.warped[b, j]))
+        ax.imshow(_img(warped[b, j]))
         if result.searched[b, j]:
             draw_skeleton(ax, result.aligned[b, j], skel, highlight=j, lw=1.0)
             flag = " (m)" if result.mirrored[b, j] else ""

@@ -385,7 +385,8 @@ def warp_blend_sparse(
     dst_from_src: torch.Tensor,
     weights: torch.Tensor,
     padding_mode: str = "border",
-) -> torch.Tensor:
+    index_map: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``Σ_j weights[b, j] · warp(pool_images[index[b, j]], dst_from_src[b, j])`` without dense warps.
 
     Equal to ``blend(warp_gather(pool_images, index, dst_from_src, (H, W)), weights)`` (Eq. 9) up to float
@@ -401,25 +402,39 @@ def warp_blend_sparse(
         weights: ``(B, J, H, W)`` float weights (e.g. :func:`gpumosaic.blend.window_weights`, or a one-hot
             index map for the copy-paste mosaic).
         padding_mode: ``"border"`` or ``"zeros"``, as in :func:`warp_images`.
+        index_map: optional ``(B, H, W)`` int64 index map whose pixel ``(v, u)`` has a non-zero weight for
+            ``j = index_map[b, v, u]`` (true of window weights, whose window holds the pixel itself): the
+            copy-paste mosaic (Eq. 6) is then returned too, from the same samples.
 
     Returns:
-        ``(B, C, H, W)`` in ``weights``' dtype ([0, 1] scale for a uint8 pool); differentiable with respect
-        to ``weights`` and a float ``pool_images``.
+        ``(B, C, H, W)`` in ``weights``' dtype, promoted with a float pool's ([0, 1] scale for a uint8 pool);
+        differentiable with respect to ``weights`` and a float ``pool_images``. With ``index_map``: the
+        tuple ``(blended, copy_paste)``.
 
     Convention:
         as :func:`warp_images`: pixels ``(x, y)`` = (column, row), centres at integers, ``dst = A @ src + t``.
     """
     bsz, num_j, height, width = weights.shape
     channels = pool_images.shape[1]
+    if pool_images.is_floating_point():  # as dense warps + blend: the promoted dtype of images and weights
+        weights = weights.to(torch.promote_types(weights.dtype, pool_images.dtype))
     b, j, v, u = (weights != 0).nonzero().unbind(1)
     src_from_dst = _invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
     uf, vf = u.to(weights.dtype), v.to(weights.dtype)
     x = src_from_dst[:, 0, 0] * uf + src_from_dst[:, 0, 1] * vf + src_from_dst[:, 0, 2]
     y = src_from_dst[:, 1, 0] * uf + src_from_dst[:, 1, 1] * vf + src_from_dst[:, 1, 2]
     samples = _bilinear_taps(pool_images, index[b, j], x, y, padding_mode)  # (K, C)
-    w = weights[b, j, v, u]
     if not pool_images.is_floating_point():
-        w = w / 255.0
-    out = torch.zeros(bsz * height * width, channels, dtype=weights.dtype, device=weights.device)
-    out = out.index_add(0, (b * height + v) * width + u, samples * w[:, None])
-    return out.view(bsz, height, width, channels).permute(0, 3, 1, 2)
+        samples = samples / 255.0
+    pixel = (b * height + v) * width + u
+
+    def scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(bsz * height * width, channels, dtype=weights.dtype, device=weights.device)
+        out = out.index_add(0, rows, values)
+        return out.view(bsz, height, width, channels).permute(0, 3, 1, 2)
+
+    blended = scatter(samples * weights[b, j, v, u][:, None], pixel)
+    if index_map is None:
+        return blended
+    chosen = (j == index_map.reshape(-1)[pixel]).nonzero()[:, 0]  # one sample per pixel
+    return blended, scatter(samples[chosen], pixel[chosen])

@@ -40,7 +40,7 @@ def test_smoke_shapes(device):
     assert res.images.shape == (3, 3, 40, 40)
     assert res.mosaic_unblended.shape == (3, 3, 40, 40)
     assert res.index_map.shape == (3, 40, 40) and res.index_map.dtype == torch.long
-    assert res.matches.shape == (3, 14) and res.warped.shape == (3, 14, 3, 40, 40)
+    assert res.matches.shape == (3, 14) and eng.warp_matches(res).shape == (3, 14, 3, 40, 40)
     assert res.probability.shape == (3, 14, 40, 40)
     assert torch.isfinite(res.images).all() and res.images.min() >= 0 and res.images.max() <= 1
     assert (res.matches >= 0).all() and (res.matches < 2 * len(pool)).all()
@@ -96,7 +96,7 @@ def test_occluded_joints_not_searched_and_excluded():
     assert (res.matches[0, [0, 6, 13]] == -1).all() and (res.source_ids[0, [0, 6, 13]] == -1).all()
     assert (res.matches[1] >= 0).all()
     assert not torch.isin(res.index_map[0], torch.tensor([0, 6, 13])).any()
-    assert (res.warped[0, [0, 6, 13]] == 0).all()
+    assert (eng.warp_matches(res)[0, [0, 6, 13]] == 0).all()
 
 
 def test_gradient_wrt_pool_images_is_the_adjoint():
@@ -126,8 +126,9 @@ def test_degenerate_queries_give_finite_mosaics(case):
     else:
         q = torch.where(t[:, None] < 0.5, torch.tensor([0.0, 0.0]), torch.tensor([30.0, 40.0]))[None]
     res = eng(q)
-    for f in ("images", "mosaic_unblended", "probability", "warped"):
+    for f in ("images", "mosaic_unblended", "probability"):
         assert torch.isfinite(getattr(res, f)).all(), f
+    assert torch.isfinite(eng.warp_matches(res)).all()
 
 
 def test_odd_sized_pool_images():
@@ -227,3 +228,21 @@ def test_hard_mode_accepts_a_query_that_requires_grad():
     q = (torch.rand(2, 14, 2) * 60).requires_grad_(True)
     res = MosaicEngine(pool, size=24)(q)
     assert torch.isfinite(res.images).all()
+
+
+@pytest.mark.parametrize("blend", [True, False])
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+def test_sparse_warps_equal_dense_warps(padding_mode, blend, device):
+    """Sampling only where a weight is non-zero gives the dense engine's mosaics (Eq. 6 and Eq. 9)."""
+    pool = _random_pool(n=6, seed=16)
+    q = (torch.rand(3, 14, 2, generator=torch.Generator().manual_seed(6)) * 90).to(device)
+    occ = torch.zeros(3, 14, dtype=torch.bool, device=device)
+    occ[1, [2, 7]] = True
+    dense_engine = MosaicEngine(pool, size=40, warps="dense", padding_mode=padding_mode, blend=blend, device=device)
+    sparse_engine = MosaicEngine(pool, size=40, warps="sparse", padding_mode=padding_mode, blend=blend,
+                                 device=device)
+    dense, sparse = dense_engine(q, occ), sparse_engine(q, occ)
+    assert sparse.warped is None and dense.warped is not None
+    torch.testing.assert_close(sparse.mosaic_unblended, dense.mosaic_unblended, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sparse.images, dense.images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sparse_engine.warp_matches(sparse), dense.warped)

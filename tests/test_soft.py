@@ -322,7 +322,7 @@ def test_hard_mode_gradcheck_wrt_pool_and_weights():
         return MosaicEngine(Pool2D(images, pool.joints), size=10)(q).images
 
     assert torch.autograd.gradcheck(mosaic, (x,), fast_mode=True)
-    res = MosaicEngine(pool, size=10)(q)
+    res = MosaicEngine(pool, size=10, warps="dense")(q)
     w = res.weights.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda ww: blend(res.warped.detach(), ww), (w,))
 
