@@ -34,7 +34,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gpumosaic import LSP14, MosaicEngine, load_demo_mocap, load_demo_pool
+from gpumosaic import LSP14, MosaicEngine
+from gpumosaic.cli import load_sources
 from gpumosaic.camera import render_views
 from gpumosaic.soft import soft_mosaic
 
@@ -51,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on small kernels)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pool", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
+    ap.add_argument("--mocap", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
     ap.add_argument("--out", default="docs/figures/fit_pose.png", help="figure path ('' for none)")
     return ap.parse_args(argv)
 
@@ -91,7 +94,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(args.seed)
-    pool, mocap = load_demo_pool(device), load_demo_mocap(device)
+    pool, mocap = load_sources(args.pool, args.mocap, torch.device(device))
     engine = MosaicEngine(pool, size=args.size, soft=True, temperature=args.temperature, device=device)
 
     # Known target poses: random mocap poses from random cameras, fitted into the box by the engine.

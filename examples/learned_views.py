@@ -47,7 +47,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gpumosaic import LSP14, MosaicEngine, load_demo_mocap, load_demo_pool
+from gpumosaic import LSP14, MosaicEngine
+from gpumosaic.cli import load_sources
 from gpumosaic.camera import render_views
 from gpumosaic.classes import PoseClasses
 from gpumosaic.models import PoseClassifier
@@ -74,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pool", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
+    ap.add_argument("--mocap", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
     ap.add_argument("--out", default="docs/figures/learned_views.png", help="figure path ('' for none)")
     return ap.parse_args(argv)
 
@@ -154,7 +157,7 @@ def main(argv=None) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)  # AlexNet's initialisation and dropout
     t_start = time.perf_counter()
-    pool, mocap = load_demo_pool(dev), load_demo_mocap(dev)
+    pool, mocap = load_sources(args.pool, args.mocap, torch.device(dev))
     hard = MosaicEngine(pool, size=args.size, device=dev)
     soft = MosaicEngine(pool, size=args.size, soft=True, temperature=args.temperature, device=dev)
 
