@@ -152,6 +152,19 @@ class MosaicResult:
         return replace(self, **{f.name: _map(getattr(self, f.name), lambda t: t.to(device)) for f in fields(self)})
 
 
+@dataclass(frozen=True)
+class _Matched:
+    """Steps 1-4 of one batch (internal): box queries (B, J, 2), matches (B, J), stored rows (B, J),
+    aligned matches q' (B, J, J, 2), warp affines (B, J, 2, 3), probability maps (B, J, S, S)."""
+
+    query: torch.Tensor
+    matches: torch.Tensor
+    source: torch.Tensor
+    aligned: torch.Tensor
+    query_from_stored: torch.Tensor
+    probability: torch.Tensor
+
+
 def _map(x, fn):
     return None if x is None else fn(x)
 
@@ -288,23 +301,33 @@ class MosaicEngine:
         with unchecked():
             return self._synthesise(query, searched)
 
-    def _synthesise(self, query: torch.Tensor, searched: torch.Tensor) -> MosaicResult:
+    def _match_and_map(
+        self, query: torch.Tensor, searched: torch.Tensor, matches: torch.Tensor | None = None
+    ) -> "_Matched":
+        """Steps 1-4, shared by hard and soft mode: box, retrieval, rigid alignment, probability maps.
+
+        Computes in ``query.dtype``; retrieval and the choice of neighbour ``i`` are discrete and run on the
+        detached query, so everything else carries gradients w.r.t. the query (soft mode).
+        ``matches`` (B, J) replaces retrieval when given (e.g. to hold matches fixed while fitting a pose).
+        """
         s = self.settings
-        if s.soft:  # differentiable w.r.t. the query: gpumosaic/soft.py, docs/differentiable.md
-            return synthesise_soft(self, query, searched)
         b, num_j = query.shape[:2]
-        searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
+        dt = query.dtype
 
         # 1. Queries into the box.
         p, _ = fit_to_box(query, s.size, s.margin)  # (B, J, 2)
 
         # 2. Retrieval (Eq. 1-4).
-        matches, _ = self.index.best(p, searched, budget_bytes=s.retrieval_budget)
+        if matches is None:
+            matches, _ = self.index.best(p.detach().to(self.index.joints.dtype), searched,
+                                         budget_bytes=s.retrieval_budget)
+        else:
+            matches = matches.masked_fill(~searched, -1)
         m = matches.clamp_min(0)  # unsearched joints read entry 0; masked out below
 
         # 3. Rigid alignment (Eq. 2): q'_k = R (q_k - q_j) + p_j, R turning q_i - q_j onto p_i - p_j.
-        q = self.index.joints[m]  # (B, J, J, 2)
-        nb = reference_neighbours(p, self.skeleton)  # (B, J) the i of each j
+        q = self.index.joints[m].to(dt)  # (B, J, J, 2), constants
+        nb = reference_neighbours(p.detach(), self.skeleton)  # (B, J) the i of each j
         jj = torch.arange(num_j, device=self.device)
         q_j = q[:, jj, jj]  # (B, J, 2)
         q_i = torch.gather(q, 2, nb[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
@@ -313,22 +336,45 @@ class MosaicEngine:
         trans = p - (rot @ q_j[..., None])[..., 0]
         query_from_box = torch.cat([rot, trans[..., None]], -1)  # (B, J, 2, 3)
         aligned = apply_affine(query_from_box, q)  # (B, J, J, 2)
-        query_from_stored = compose_affine(query_from_box, self.box_from_stored[m])
-
-        # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
-        # (only where a weight is non-zero) once the weights are known.
-        n_real = len(self.pool)
-        source = m % n_real
-        mask = searched[..., None, None, None].to(torch.float32)
-        sparse = s.warps == "sparse" or (s.warps == "auto" and self.device.type == "cpu")
-        warped = None if sparse else self._warp(source, query_from_stored, searched)  # (B, J, 3, S, S)
+        query_from_stored = compose_affine(query_from_box, self.box_from_stored[m].to(dt))
 
         # 4. Probability maps (Eq. 5): vertex values exp(-||p_k - q'_k||^2 / sigma^2), barycentric inside
         # the Delaunay triangulation of q', nearest-hull-point value outside.
         values = torch.exp(-(p[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
         prob = interpolate_triangulated(
             aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), (s.size, s.size)
-        ).view(b, num_j, s.size, s.size) * mask[:, :, 0]
+        ).view(b, num_j, s.size, s.size) * searched[..., None, None].to(dt)
+        return _Matched(p, matches, m % len(self.pool), aligned, query_from_stored, prob)
+
+    def _result(self, mt: "_Matched", searched: torch.Tensor, **fields_) -> MosaicResult:
+        """Assemble a :class:`MosaicResult` from the shared steps and a mode's images and maps."""
+        ids = self.pool.ids.to(self.device)
+        return MosaicResult(
+            matches=mt.matches,
+            source=torch.where(searched, mt.source, -1),
+            mirrored=(mt.matches >= len(self.pool)) & searched,
+            source_ids=torch.where(searched, ids[mt.source], -1),
+            searched=searched,
+            query=mt.query,
+            aligned=mt.aligned,
+            query_from_stored=mt.query_from_stored,
+            probability=mt.probability,
+            **fields_,
+        )
+
+    def _synthesise(self, query: torch.Tensor, searched: torch.Tensor) -> MosaicResult:
+        s = self.settings
+        searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
+        if s.soft:  # differentiable w.r.t. the query: gpumosaic/soft.py, docs/differentiable.md
+            return synthesise_soft(self, query, searched)
+        num_j = query.shape[1]
+        mt = self._match_and_map(query, searched)
+        p, source, query_from_stored, prob = mt.query, mt.source, mt.query_from_stored, mt.probability
+
+        # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
+        # (only where a weight is non-zero) once the weights are known.
+        sparse = s.warps == "sparse" or (s.warps == "auto" and self.device.type == "cpu")
+        warped = None if sparse else self._warp(source, query_from_stored, searched)  # (B, J, 3, S, S)
 
         # 5. Index map and copy-paste mosaic (Eq. 5-6).
         index = index_map(prob, searched)
@@ -352,21 +398,5 @@ class MosaicEngine:
                 unblended = warp_blend_sparse(self.pool.images, source, query_from_stored, one_hot, s.padding_mode)
             images = unblended
 
-        ids = self.pool.ids.to(self.device)
-        return MosaicResult(
-            images=images,
-            mosaic_unblended=unblended,
-            index_map=index,
-            matches=matches,
-            source=torch.where(searched, source, -1),
-            mirrored=(matches >= n_real) & searched,
-            source_ids=torch.where(searched, ids[source], -1),
-            searched=searched,
-            query=p,
-            aligned=aligned,
-            query_from_stored=query_from_stored,
-            warped=warped,
-            probability=prob,
-            weights=weights,
-            distance=distance,
-        )
+        return self._result(mt, searched, images=images, mosaic_unblended=unblended, index_map=index,
+                            warped=warped, weights=weights, distance=distance)

@@ -19,6 +19,7 @@ __all__ = [
     "rotation_2d",
     "angle_of",
     "align_rotation",
+    "unit_vector",
     "canonical_frame",
     "apply_affine",
     "compose_affine",
@@ -79,12 +80,27 @@ def angle_of(v: torch.Tensor) -> torch.Tensor:
     return torch.atan2(v[..., 1], v[..., 0])
 
 
+def unit_vector(v: torch.Tensor) -> torch.Tensor:
+    """``v / |v|`` over the last dimension, ``(1, 0)`` for a zero vector; the square root only sees positive
+    arguments, so the gradient is finite (zero) at ``v = 0`` instead of NaN."""
+    n2 = (v * v).sum(-1, keepdim=True)
+    ok = n2 > torch.finfo(v.dtype).tiny
+    unit = v / torch.sqrt(torch.where(ok, n2, torch.ones_like(n2)))
+    ex = torch.zeros_like(v)
+    ex[..., 0] = 1.0
+    return torch.where(ok, unit, ex)
+
+
 def align_rotation(src_dir: torch.Tensor, dst_dir: torch.Tensor) -> torch.Tensor:
     """Rotation (..., 2, 2) turning direction ``src_dir`` (..., 2) onto ``dst_dir`` (..., 2).
 
-    A zero vector has angle 0 (documented degenerate case: coincident joints give a defined rotation).
+    ``cos θ = û·v̂``, ``sin θ = û × v̂`` (no ``atan2``, whose gradient at ``(0, 0)`` is NaN). A zero vector
+    has angle 0 (documented degenerate case: coincident joints give a defined rotation).
     """
-    return rotation_2d(angle_of(dst_dir) - angle_of(src_dir))
+    u, w = unit_vector(src_dir), unit_vector(dst_dir)
+    c = (u * w).sum(-1)
+    s = u[..., 0] * w[..., 1] - u[..., 1] * w[..., 0]
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
 def canonical_frame(points: torch.Tensor, j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

@@ -51,9 +51,6 @@ import torch
 
 from ._check import check_finite, check_shape, unchecked
 from .blend import blend, index_map
-from .geometry import apply_affine, compose_affine, fit_to_box
-from .raster import interpolate_triangulated
-from .retrieval import reference_neighbours
 from .skeleton import Skeleton, get_skeleton
 from .warp import warp_gather
 
@@ -372,29 +369,6 @@ def soft_window_weights_reference(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    """``v / |v|`` over the last dimension, ``(1, 0)`` for a zero vector; the norm's square root only sees
-    positive arguments, so the gradient is finite (zero) at ``v = 0`` instead of NaN."""
-    n2 = (v * v).sum(-1, keepdim=True)
-    ok = n2 > torch.finfo(v.dtype).tiny
-    unit = v / torch.sqrt(torch.where(ok, n2, torch.ones_like(n2)))
-    ex = torch.zeros_like(v)
-    ex[..., 0] = 1.0
-    return torch.where(ok, unit, ex)
-
-
-def _align_rotation(src_dir: torch.Tensor, dst_dir: torch.Tensor) -> torch.Tensor:
-    """Rotation (..., 2, 2) turning ``src_dir`` onto ``dst_dir``: ``cos θ = û·v̂``, ``sin θ = û × v̂``.
-
-    The same matrix as :func:`gpumosaic.geometry.align_rotation` (zero vectors have angle 0), without
-    ``atan2``, whose gradient at ``(0, 0)`` is NaN.
-    """
-    u, w = _unit(src_dir), _unit(dst_dir)
-    c = (u * w).sum(-1)
-    s = u[..., 0] * w[..., 1] - u[..., 1] * w[..., 0]
-    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-
-
 def synthesise_soft(
     engine,
     query: torch.Tensor,
@@ -421,52 +395,19 @@ def synthesise_soft(
         ``query_from_stored`` carry gradients w.r.t. ``query``; ``index_map`` is the hard argmax of the
         probability maps (for inspection), ``matches`` etc. are as in hard mode.
     """
-    from .engine import MosaicResult  # engine imports this module
-
     s = engine.settings
     tau = s.temperature if temperature is None else temperature
-    dt, dev = query.dtype, query.device
-    b, num_j = query.shape[:2]
-    size = (s.size, s.size)
+    dt = query.dtype
     searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
 
-    # 1. Queries into the box (differentiable: scale and translation from the bounding box).
-    p, _ = fit_to_box(query, s.size, s.margin)
-
-    # 2. Retrieval (Eq. 1-4): discrete, no gradient through the choice of match.
-    index = engine.index
-    if matches is None:
-        matches, _ = index.best(p.detach().to(index.joints.dtype), searched, budget_bytes=s.retrieval_budget)
-    else:
-        matches = matches.masked_fill(~searched, -1)
-    m = matches.clamp_min(0)
-
-    # 3. Rigid alignment (Eq. 2) with a differentiable, NaN-free rotation.
-    q = index.joints[m].to(dt)  # (B, J, J, 2) pool joints in the box: constants
-    nb = reference_neighbours(p.detach(), engine.skeleton)  # (B, J), discrete
-    jj = torch.arange(num_j, device=dev)
-    q_j = q[:, jj, jj]
-    q_i = torch.gather(q, 2, nb[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
-    p_i = torch.gather(p, 1, nb[..., None].expand(-1, -1, 2))
-    rot = _align_rotation(q_i - q_j, p_i - p)  # (B, J, 2, 2)
-    trans = p - (rot @ q_j[..., None])[..., 0]
-    query_from_box = torch.cat([rot, trans[..., None]], -1)
-    aligned = apply_affine(query_from_box, q)  # (B, J, J, 2)
-    query_from_stored = compose_affine(query_from_box, engine.box_from_stored[m].to(dt))
-
-    n_real = len(engine.pool)
-    source = m % n_real
-    mask = searched.to(dt)
+    # Steps 1-4 as in hard mode (box, retrieval, rigid alignment, probability maps): differentiable
+    # w.r.t. the query except for the discrete choice of matches.
+    mt = engine._match_and_map(query, searched, matches)
+    p, prob, size = mt.query, mt.probability, (s.size, s.size)
     warped = warp_gather(
-        engine.pool.images, source, query_from_stored, size,
+        engine.pool.images, mt.source, mt.query_from_stored, size,
         padding_mode=s.padding_mode, chunk=s.warp_chunk, dtype=dt,
-    ) * mask[..., None, None, None]  # (B, J, 3, S, S), differentiable w.r.t. the affine (grid)
-
-    # 4. Probability maps (Eq. 5), differentiable w.r.t. the vertex values and positions.
-    values = torch.exp(-(p[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
-    prob = interpolate_triangulated(
-        aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), size
-    ).view(b, num_j, *size) * mask[..., None, None]
+    ) * searched[..., None, None, None].to(dt)  # (B, J, 3, S, S), differentiable w.r.t. the affine (grid)
 
     # 5. Soft index map and soft copy-paste mosaic.
     assign = _soft_assignment(prob, searched, tau)
@@ -480,24 +421,9 @@ def synthesise_soft(
         weights = _soft_window_weights(assign, distance, float(s.alpha), float(s.beta), tau)
         images = blend(warped, weights)
 
-    ids = engine.pool.ids.to(dev)
-    return MosaicResult(
-        images=images,
-        mosaic_unblended=unblended,
-        index_map=index_map(prob.detach(), searched),
-        matches=matches,
-        source=torch.where(searched, source, -1),
-        mirrored=(matches >= n_real) & searched,
-        source_ids=torch.where(searched, ids[source], -1),
-        searched=searched,
-        query=p,
-        aligned=aligned,
-        query_from_stored=query_from_stored,
-        warped=warped,
-        probability=prob,
-        weights=weights,
-        distance=distance,
-    )
+    return engine._result(mt, searched, images=images, mosaic_unblended=unblended,
+                          index_map=index_map(prob.detach(), searched), warped=warped, weights=weights,
+                          distance=distance)
 
 
 def soft_mosaic(
