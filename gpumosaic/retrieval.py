@@ -169,6 +169,20 @@ class RetrievalIndex:
         # Σ_k (w_k^j(p) + w_k^j(q)) · dist_k: the query weights as a batched mat-vec, the pool's elementwise.
         return (dist @ wp[..., None])[..., 0] + (dist * wq[None]).sum(-1)
 
+    def _rerank(self, pair, cp, wp, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact Eq. 3 on candidates (B, J, L); the smallest D, ties to the lowest index."""
+        num_j = pair.shape[1]
+        q_sel = pair[..., None].expand_as(cand)
+        dx = self.canonical[0][q_sel, cand].sub_(cp[:, :, None, :, 0])  # (B, J, L, J)
+        dy = self.canonical[1][q_sel, cand].sub_(cp[:, :, None, :, 1])
+        dist = torch.hypot(dx, dy, out=dx)
+        jj = torch.arange(num_j, device=cand.device)[None, :, None].expand_as(cand)
+        d = (dist @ wp[..., None])[..., 0] + (dist * self.weights[cand, jj]).sum(-1)  # (B, J, L)
+        dmin = d.amin(-1, keepdim=True)
+        big = torch.iinfo(torch.long).max
+        best_i = torch.where(d == dmin, cand, big).amin(-1)
+        return best_i, dmin[..., 0]
+
     def _chunk_size(self, b: int, j: int, budget_bytes: int) -> int:
         per_entry = max(b * j * j * 4 * 3, 1)  # dx, dy and one product of (B, J, ·, J) float32
         return max(1, min(len(self), budget_bytes // per_entry))
@@ -181,13 +195,61 @@ class RetrievalIndex:
         out = [self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))) for s in range(0, len(self), step)]
         return torch.cat(out, -1)
 
+    def shortlist(self, query: torch.Tensor, size: int, budget_bytes: int = 256 << 20) -> torch.Tensor:
+        """Candidates for Eq. 4 from a squared-distance proxy that decomposes into matrix products.
+
+        Proxy: ``Σ_k w_k^j(p) ||c_k(p) - c_k(q)||²`` (query weights only, squared distances), which is
+        ``Σ_k w_k |c_k(q)|² - 2 Σ_k w_k c_k(p)·c_k(q)`` + a constant: one ``(B, 3J) @ (3J, N)`` product per
+        ordered bone pair (tensor cores on a GPU). It is not Eq. 3, so the exact minimiser may be missed;
+        :meth:`best` with ``shortlist=L`` re-ranks the ``L`` candidates exactly, and its recall@1 against the
+        exact search is measured (``benchmarks/shortlist_recall.py``), never assumed.
+
+        Returns:
+            int64 (B, J, L) index rows of the L smallest proxy values (L clipped to the index size).
+        """
+        query = _check_query(query, self.skeleton, self.joints)
+        pair, cp, wp = self._query_side(query.detach())
+        return self._shortlist(pair, cp, wp, size, budget_bytes)
+
+    def _shortlist(self, pair, cp, wp, size: int, budget_bytes: int) -> torch.Tensor:
+        b, num_j = pair.shape
+        size = max(1, min(int(size), len(self)))
+        # The pair -> joint table on the host (built from the skeleton: no device read on CUDA).
+        pair_j = [j for j in range(num_j) for _ in self.skeleton.neighbours[j]]
+        coeff = torch.cat([wp, -2 * wp * cp[..., 0], -2 * wp * cp[..., 1]], -1)  # (B, J, 3J)
+        best_s = torch.full((b, num_j, 0), float("inf"), dtype=cp.dtype, device=cp.device)
+        best_i = torch.zeros((b, num_j, 0), dtype=torch.long, device=cp.device)
+        step = max(1, min(len(self), budget_bytes // max(b * num_j * 4 * 3 + 3 * num_j * 4 * len(pair_j), 1)))
+        for s in range(0, len(self), step):  # fixed count: pool chunks
+            x, y = self.canonical[0, :, s:s + step], self.canonical[1, :, s:s + step]  # (Q, n, J)
+            feats = torch.cat([x * x + y * y, x, y], -1)  # (Q, n, 3J)
+            scores = torch.empty((b, num_j, feats.shape[1]), dtype=cp.dtype, device=cp.device)
+            for q, jq in enumerate(pair_j):  # fixed count: ordered bone pairs
+                sq = coeff[:, jq] @ feats[q].T  # (B, n)
+                use = (pair[:, jq] == q)[:, None]
+                scores[:, jq] = torch.where(use, sq, scores[:, jq]) if q else sq
+            idx = torch.arange(s, s + feats.shape[1], device=cp.device).expand(b, num_j, -1)
+            merged_s = torch.cat([best_s, scores], -1)
+            merged_i = torch.cat([best_i, idx], -1)
+            k = min(size, merged_s.shape[-1])
+            best_s, pos = merged_s.topk(k, dim=-1, largest=False, sorted=False)
+            best_i = torch.gather(merged_i, -1, pos)
+        return best_i
+
     def best(
-        self, query: torch.Tensor, searched: torch.Tensor | None = None, budget_bytes: int = 256 << 20
+        self,
+        query: torch.Tensor,
+        searched: torch.Tensor | None = None,
+        budget_bytes: int = 256 << 20,
+        shortlist: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best matches (Eq. 4): returns ``(matches (B, J) int64, distance (B, J))``.
 
         ``matches`` is -1 (and ``distance`` +inf) where ``searched`` is False. Ties go to the lowest index.
         The loop is over pool chunks (a count fixed by N and the memory budget), never over queries.
+        ``shortlist=L`` (an option, not the default): exact Eq. 3 only on the L candidates of
+        :meth:`shortlist`; equal to the exact search when L >= the index size, otherwise measured by its
+        recall@1.
         """
         query = _check_query(query, self.skeleton, self.joints)
         b, j = query.shape[:2]
@@ -196,6 +258,12 @@ class RetrievalIndex:
             if searched.dtype != torch.bool:
                 raise TypeError(f"Expected searched to be a bool tensor, got {searched.dtype}")
         pair, cp, wp = self._query_side(query.detach())  # an argmin has no gradient
+        if shortlist is not None:
+            best_i, best_d = self._rerank(pair, cp, wp, self._shortlist(pair, cp, wp, shortlist, budget_bytes))
+            if searched is not None:
+                best_i = best_i.masked_fill(~searched, -1)
+                best_d = best_d.masked_fill(~searched, float("inf"))
+            return best_i, best_d
         step = self._chunk_size(b, j, budget_bytes)
         best_d = torch.full((b, j), float("inf"), dtype=query.dtype, device=query.device)
         best_i = torch.zeros((b, j), dtype=torch.long, device=query.device)
