@@ -380,6 +380,9 @@ def parse_args(argv=None):
                          "shared 2-core machine OpenMP barriers stall whenever another process holds the other "
                          "core, which made interpolate_triangulated ~50x slower with 2 threads)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--consumers", action="store_true",
+                    help="also time AlexNet and ResNet-50 training steps at 220x220 (images/s) on each device")
+    ap.add_argument("--consumer-batch", type=int, default=None, help="default 256 on CUDA, 16 on CPU")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
     quick = dict(pool_sizes=[1000], batch_sizes=[8], joints=[14, 16], sizes=[220], repeats=3, warmup=1,
@@ -394,6 +397,35 @@ def parse_args(argv=None):
     if "cuda" in args.devices and not torch.cuda.is_available():
         ap.error("--devices cuda requested but torch.cuda.is_available() is False")
     return args
+
+
+def consumer_rates(device: str, batch: int, size: int, repeats: int, warmup: int, log) -> dict:
+    """Images/s of one training step (forward, backward, SGD) of AlexNet and ResNet-50 on pre-made tensors.
+
+    The consumer side of the comparison: mosaics must arrive at least this fast. torchvision models with
+    ``weights=None`` (no download); AlexNet with a 1000-way head, as the classifier's cost does not depend
+    on K much.
+    """
+    import torchvision
+
+    out = {}
+    for name, ctor in (("alexnet", torchvision.models.alexnet), ("resnet50", torchvision.models.resnet50)):
+        model = ctor(weights=None).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = torch.rand(batch, 3, size, size, device=device)
+        y = torch.randint(0, 1000, (batch,), device=device)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+
+        seconds, _ = timed(step, device, repeats, warmup)
+        out[name] = {"batch": batch, "size": size, "step_s": seconds, "images_per_s": batch / seconds}
+        log(f"  consumer {name}: batch {batch} at {size}x{size}: {batch / seconds:.1f} images/s")
+        del model, opt
+    return out
 
 
 def main(argv=None) -> list[Path]:
@@ -413,6 +445,10 @@ def main(argv=None) -> list[Path]:
         log(f"[{device}] {device_name(device)}")
         t0 = time.perf_counter()
         rows = run_device(device, dev_args, ref_cache, log)
+        consumers = None
+        if args.consumers:
+            cbatch = args.consumer_batch or (256 if device == "cuda" else 16)
+            consumers = consumer_rates(device, cbatch, 220, args.repeats, max(1, args.warmup), log)
         now = _dt.datetime.now(_dt.timezone.utc).astimezone()
         result = {
             "benchmark": "throughput",
@@ -443,6 +479,7 @@ def main(argv=None) -> list[Path]:
                 "speedup_vs_reference": "engine_mosaics_per_s * reference_s_per_image",
             },
             "results": rows,
+            "consumers": consumers,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"throughput_{_slug(device if device == 'cpu' else device_name(device))}_" \
