@@ -279,6 +279,15 @@ class MosaicEngine:
             :class:`MosaicResult`.
         """
         del generator
+        query, searched = self._validate(query, occluded)
+        query = query.to(dtype=self.index.joints.dtype)
+        # Inputs are validated: the stages run without their own data-dependent checks (host syncs).
+        with unchecked():
+            return self._synthesise(query, searched)
+
+    def _validate(self, query: torch.Tensor, occluded: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check a public call's ``query (B, J, 2)`` and ``occluded (B, J)``; return the query on the engine's
+        device (its dtype kept) and ``searched (B, J)``. May sync with the device (entry point only)."""
         dims = check_shape(query, ["B", "J", "2"], name="query")
         if query.dim() != 3 or query.shape[1] != len(self.skeleton):
             raise ValueError(
@@ -288,18 +297,13 @@ class MosaicEngine:
         if not query.is_floating_point():
             raise TypeError(f"Expected a floating-point query, got {query.dtype}")
         check_finite(query, "query")
-        query = query.to(device=self.device, dtype=self.index.joints.dtype)
-        b, num_j = query.shape[:2]
+        query = query.to(device=self.device)
         if occluded is None:
-            searched = torch.ones(b, num_j, dtype=torch.bool, device=self.device)
-        else:
-            check_shape(occluded, ["B", "J"], name="occluded", dims=dict(dims))
-            if occluded.dtype != torch.bool:
-                raise TypeError(f"Expected occluded to be a bool tensor, got {occluded.dtype}")
-            searched = ~occluded.to(self.device)
-        # Inputs are validated: the stages run without their own data-dependent checks (host syncs).
-        with unchecked():
-            return self._synthesise(query, searched)
+            return query, torch.ones(query.shape[:2], dtype=torch.bool, device=self.device)
+        check_shape(occluded, ["B", "J"], name="occluded", dims=dict(dims))
+        if occluded.dtype != torch.bool:
+            raise TypeError(f"Expected occluded to be a bool tensor, got {occluded.dtype}")
+        return query, ~occluded.to(self.device)
 
     def _match_and_map(
         self, query: torch.Tensor, searched: torch.Tensor, matches: torch.Tensor | None = None

@@ -463,25 +463,9 @@ def soft_mosaic(
         >>> q.grad.shape
         torch.Size([1, 14, 2])
     """
-    dims = check_shape(query, ["B", "J", "2"], name="query")
-    if query.dim() != 3 or query.shape[1] != len(engine.skeleton):
-        raise ValueError(
-            f"Expected query with J={len(engine.skeleton)} joints of {engine.skeleton.name}, "
-            f"got shape {tuple(query.shape)}"
-        )
-    if not query.is_floating_point():
-        raise TypeError(f"Expected a floating-point query, got {query.dtype}")
-    check_finite(query, "query")
+    query, searched = engine._validate(query, occluded)
+    dims = {"B": query.shape[0], "J": query.shape[1]}
     tau = engine.settings.temperature if temperature is None else _check_temperature(temperature)
-    query = query.to(engine.device)
-    b, num_j = query.shape[:2]
-    if occluded is None:
-        searched = torch.ones(b, num_j, dtype=torch.bool, device=engine.device)
-    else:
-        check_shape(occluded, ["B", "J"], name="occluded", dims=dict(dims))
-        if occluded.dtype != torch.bool:
-            raise TypeError(f"Expected occluded to be a bool tensor, got {occluded.dtype}")
-        searched = ~occluded.to(engine.device)
     if matches is not None:
         check_shape(matches, ["B", "J"], name="matches", dims=dict(dims))
         if matches.dtype != torch.int64:
