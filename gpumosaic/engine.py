@@ -368,9 +368,9 @@ class MosaicEngine:
 
     def _synthesise(self, query: torch.Tensor, searched: torch.Tensor) -> MosaicResult:
         s = self.settings
-        searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
         if s.soft:  # differentiable w.r.t. the query: gpumosaic/soft.py, docs/differentiable.md
             return synthesise_soft(self, query, searched)
+        searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
         num_j = query.shape[1]
         mt = self._match_and_map(query, searched)
         p, source, query_from_stored, prob = mt.query, mt.source, mt.query_from_stored, mt.probability

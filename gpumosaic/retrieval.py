@@ -48,15 +48,14 @@ EPS_PX = 1.0
 
 def joint_weights(x: torch.Tensor, eps: float = EPS_PX) -> torch.Tensor:
     """Weights ``w_k^j(x)`` of Eq. 3: (..., J, 2) -> (..., J_j, J_k), zero on the diagonal, rows sum to 1."""
-    dist = torch.cdist(x, x) if x.dim() >= 2 else None
     num_j = x.shape[-2]
-    inv = 1.0 / dist.clamp_min(eps)
+    inv = 1.0 / torch.cdist(x, x).clamp_min(eps)
     eye = torch.eye(num_j, dtype=torch.bool, device=x.device)
     inv = inv.masked_fill(eye, 0.0)
     return inv / inv.sum(-1, keepdim=True)
 
 
-def _pair_tables(skeleton: Skeleton, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pair_tables(skeleton: Skeleton, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ordered bone pairs ``(j, i)`` (Q = 2(J-1)), and per joint its neighbours and their pair ids.
 
     Returns ``pair_j (Q,)``, ``pair_i (Q,)``, ``nbr (J, D)`` and ``nbr_pair (J, D)`` padded with -1.
