@@ -691,6 +691,23 @@ def self_occlusion_reference(
 # --------------------------------------------------------------------------------------------------------
 
 
+def _render(poses, skeleton, az, el, dist, foc, limb_radius, margin):
+    """Core of :func:`render_views` (no validation beyond the gated z check): ``poses (..., J, 3)`` world
+    joints seen by cameras ``az, el, dist, foc (...)`` (broadcast against ``poses``' leading dims) looking at
+    the torso centre. Returns ``(pose2d, pose3d, occluded, R, t)``."""
+    target = _torso_centre(poses, skeleton).expand(*az.shape, 3)
+    R, t = _look_at(target, az, el, dist)
+    cam = _apply_rt(poses, R, t)  # (..., J, 3)
+    if checks_enabled() and bool((cam[..., 2] <= 0).any()):
+        raise ValueError(
+            "Some joints lie at or behind the camera's image plane (z <= 0); increase distance"
+        )
+    pose2d = _project(cam, foc, None)
+    pose3d = cam - _torso_centre(cam, skeleton)[..., None, :]
+    occluded = _self_occlusion(cam, skeleton, float(limb_radius), float(margin))
+    return pose2d, pose3d, occluded, R, t
+
+
 def render_views(
     poses: torch.Tensor,
     skeleton: Skeleton,
@@ -742,16 +759,7 @@ def render_views(
             raise ValueError("Expected distance > 0 metres")
     dist = dist.expand(M, V)
     foc = foc.expand(M, V)
-    target = _torso_centre(poses, skeleton)[:, None, :].expand(M, V, 3)
-    R, t = _look_at(target, az, el, dist)
-    cam = _apply_rt(poses[:, None], R, t)  # (M, V, J, 3)
-    if checks_enabled() and bool((cam[..., 2] <= 0).any()):
-        raise ValueError(
-            "Some joints lie at or behind the camera's image plane (z <= 0); increase distance"
-        )
-    pose2d = _project(cam, foc, None)
-    pose3d = cam - _torso_centre(cam, skeleton)[..., None, :]
-    occluded = _self_occlusion(cam, skeleton, float(limb_radius), float(margin))
+    pose2d, pose3d, occluded, R, t = _render(poses[:, None], skeleton, az, el, dist, foc, limb_radius, margin)
     cameras = Cameras(azimuth=az, elevation=el, distance=dist.clone(), focal=foc.clone(),
                       cam_from_world_R=R, cam_from_world_t=t)
     return ViewBatch(pose2d=pose2d, pose3d=pose3d, occluded=occluded, cameras=cameras)

@@ -82,7 +82,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ._check import unchecked
-from .camera import _apply_rt, _look_at, _project, _self_occlusion, _torso_centre, check_view_ranges
+from .camera import _render, _torso_centre, check_view_ranges
 from .engine import MosaicEngine
 from .geometry import default_margin, fit_to_box
 from .sources.base import Mocap3D, Pool2D
@@ -504,15 +504,13 @@ class OnlineMosaicDataset(IterableDataset):
         m, v = idx // V, idx % V
         with torch.no_grad():
             az, el = _view_angles(m, v, self.seed, self.azimuth_range, self.elevation_range, torch.float32)
-            # render_views without its validation (inputs were checked at construction; no host syncs).
-            poses = self.poses[m]  # (B, J, 3)
-            target = _torso_centre(poses, self.skeleton)
-            R, t = _look_at(target, az, el, torch.full_like(az, self.distance))
-            cam = _apply_rt(poses, R, t)  # (B, J, 3), z > 0 since distance > every joint's reach
-            pose2d = _project(cam, torch.full_like(az, self.focal), None)
-            pose3d = cam - _torso_centre(cam, self.skeleton)[:, None]
-            occluded = _self_occlusion(cam, self.skeleton, self.limb_radius, self.occlusion_margin)
+            # render_views' core without its validation (inputs were checked at construction; z > 0 since
+            # distance > every joint's reach); unchecked: no host syncs.
             with unchecked():
+                pose2d, pose3d, occluded, _, _ = _render(
+                    self.poses[m], self.skeleton, az, el, torch.full_like(az, self.distance),
+                    torch.full_like(az, self.focal), self.limb_radius, self.occlusion_margin,
+                )
                 res = self.engine(pose2d, occluded)
             if self.classes is not None:
                 label = self.classes.encode(pose3d).to(torch.int64)
