@@ -171,7 +171,7 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
             p, _ = fit_to_box(q, s.size, s.margin)
             searched = ~o
             searched = searched | ~searched.any(dim=1, keepdim=True)
-            return engine.index.best(p, searched, budget_bytes=s.retrieval_budget)
+            return engine.index.best(p, searched, budget_bytes=engine.retrieval_budget)
 
     def run_reference(q, o, count):
         qn, on = q.double().numpy(), o.numpy()

@@ -194,7 +194,7 @@ def stage_times(engine, pool, index, poses, skeleton, batch, device, repeats, wa
     with unchecked():
         def retrieval():
             p, _ = fit_to_box(query, s.size, s.margin)
-            return index.best(p, searched, budget_bytes=s.retrieval_budget)[0]
+            return index.best(p, searched, budget_bytes=engine.retrieval_budget)[0]
 
         times["retrieval"], matches = timed(retrieval, device, repeats, warmup)
         mask = searched[..., None, None, None].to(torch.float32)
@@ -262,7 +262,7 @@ def run_device(device, args, ref_cache, log):
             pool = cpu_pool if device == "cpu" else cpu_pool.to(device)
             for size in args.sizes:
                 t0 = time.perf_counter()
-                engine = MosaicEngine(pool, skeleton, size=size, device=device)
+                engine = MosaicEngine(pool, skeleton, size=size, device=device, compile=args.compile)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 build_s = time.perf_counter() - t0
@@ -384,6 +384,7 @@ def parse_args(argv=None):
     ap.add_argument("--consumers", action="store_true",
                     help="also time AlexNet and ResNet-50 training steps at 220x220 (images/s) on each device")
     ap.add_argument("--consumer-batch", type=int, default=None, help="default 256 on CUDA, 16 on CPU")
+    ap.add_argument("--amp", action="store_true", help="consumers under torch.autocast (bfloat16)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     sbs = ap.add_argument_group("side by side (benchmarks/side_by_side.py)")
     sbs.add_argument("--side-by-side", action="store_true",
@@ -396,7 +397,7 @@ def parse_args(argv=None):
     sbs.add_argument("--batch-curve", type=int, nargs="*", default=[1, 4, 8, 16, 32],
                      help="side by side: batch sizes of the cost-per-mosaic curve (engine only); none to skip")
     sbs.add_argument("--curve-repeats", type=int, default=2)
-    sbs.add_argument("--compile", action="store_true", help="side by side: MosaicEngine(compile=True)")
+    sbs.add_argument("--compile", action="store_true", help="MosaicEngine(compile=True) (both modes)")
     args = ap.parse_args(argv)
     if args.side_by_side:
         args.pool_sizes = args.pool_sizes or [1000, 10000, 80000]
@@ -418,7 +419,7 @@ def parse_args(argv=None):
     return args
 
 
-def consumer_rates(device: str, batch: int, size: int, repeats: int, warmup: int, log) -> dict:
+def consumer_rates(device: str, batch: int, size: int, repeats: int, warmup: int, log, amp: bool = False) -> dict:
     """Images/s of one training step (forward, backward, SGD) of AlexNet and ResNet-50 on pre-made tensors.
 
     The consumer side of the comparison: mosaics must arrive at least this fast. torchvision models with
@@ -436,13 +437,16 @@ def consumer_rates(device: str, batch: int, size: int, repeats: int, warmup: int
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):  # bf16: no loss scaling
+                loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
 
         seconds, _ = timed(step, device, repeats, warmup)
-        out[name] = {"batch": batch, "size": size, "step_s": seconds, "images_per_s": batch / seconds}
-        log(f"  consumer {name}: batch {batch} at {size}x{size}: {batch / seconds:.1f} images/s")
+        out[name] = {"batch": batch, "size": size, "amp": "bf16" if amp else None, "step_s": seconds,
+                     "images_per_s": batch / seconds}
+        log(f"  consumer {name}{' (AMP bf16)' if amp else ''}: batch {batch} at {size}x{size}: "
+            f"{batch / seconds:.1f} images/s")
         del model, opt
     return out
 
@@ -474,7 +478,7 @@ def main(argv=None) -> list[Path]:
         consumers = None
         if args.consumers:
             cbatch = args.consumer_batch or (256 if device == "cuda" else 16)
-            consumers = consumer_rates(device, cbatch, 220, args.repeats, max(1, args.warmup), log)
+            consumers = consumer_rates(device, cbatch, 220, args.repeats, max(1, args.warmup), log, amp=args.amp)
         now = _dt.datetime.now(_dt.timezone.utc).astimezone()
         result = {
             "benchmark": "throughput",

@@ -58,7 +58,8 @@ class MosaicSettings:
             ``"zeros"``.
         blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
-        retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
+        retrieval_budget: bytes of the exact retrieval's work buffers per pool chunk (not a semantic setting);
+            ``None``: 4 MiB on the CPU (a chunk stays in cache), 1 GiB on CUDA (few kernel launches).
         soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
             log-probability maps at temperature τ instead of the argmax, smooth skeleton distance and
             smooth windows, so mosaics have gradients w.r.t. the query joints (matches stay discrete).
@@ -71,6 +72,12 @@ class MosaicSettings:
             rounding, several times less work, ``warped`` is ``None``: :meth:`MosaicEngine.warp_matches`
             recomputes it); it finds the non-zero weights with ``nonzero``, a host sync on CUDA.
             ``"auto"`` (default): sparse on the CPU, dense on CUDA.
+        compile: run the hard engine's step (:meth:`MosaicEngine.step`, retrieval to blending) as one
+            ``torch.compile(fullgraph=True, dynamic=False)`` graph: no graph break, hence no ``.item()``, no
+            data-dependent shape and no host sync inside. Warps are dense there (``"auto"`` means dense when
+            compiled): the sparse path's ``nonzero`` has a data-dependent size, which a single graph cannot
+            hold without a capacity that could drop samples. The first call of each batch size compiles
+            (minutes on a CPU); the measured effect is in docs/performance.md. Soft mode is never compiled.
     """
 
     size: int = 220
@@ -82,10 +89,11 @@ class MosaicSettings:
     padding_mode: str = "border"
     blend: bool = True
     warp_chunk: int = 256
-    retrieval_budget: int = 4 << 20
+    retrieval_budget: int | None = None
     soft: bool = False
     temperature: float = 1.0
     warps: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -100,6 +108,9 @@ class MosaicSettings:
             raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
         if self.warps not in ("auto", "dense", "sparse"):
             raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
+        if self.compile and self.warps == "sparse":
+            raise ValueError("Expected warps 'auto' or 'dense' with compile=True, got 'sparse' (its nonzero has a "
+                             "data-dependent size: a compiled graph uses dense warps)")
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
 
@@ -176,7 +187,7 @@ class MosaicEngine:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`); uint8 images stay uint8 on the
             device; float images in [0, 1] make the mosaics differentiable with respect to them.
         skeleton: the joint layout of queries and pool (default ``LSP14``); must match ``pool.skeleton``.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature, warps: see
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature, warps, compile: see
             :class:`MosaicSettings`.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         settings: a full :class:`MosaicSettings` instead of the keyword arguments above.
@@ -207,6 +218,7 @@ class MosaicEngine:
         soft: bool = False,
         temperature: float = 1.0,
         warps: str = "auto",
+        compile: bool = False,
         device: torch.device | str | None = None,
         settings: MosaicSettings | None = None,
     ) -> None:
@@ -217,15 +229,23 @@ class MosaicEngine:
         self.settings = settings or MosaicSettings(
             size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
             padding_mode=padding_mode, blend=blend, soft=soft, temperature=temperature,
-            warps=warps,
+            warps=warps, compile=compile,
         )
         self.skeleton = skeleton
         self.pool = pool if device is None else pool.to(device)
+        self._compiled_step = None
         self._build()
 
     @property
     def device(self) -> torch.device:
         return self.pool.joints.device
+
+    @property
+    def retrieval_budget(self) -> int:
+        """Bytes of the exact retrieval's work buffers: ``settings.retrieval_budget``, else 4 MiB on the CPU
+        and 1 GiB on CUDA."""
+        budget = self.settings.retrieval_budget
+        return budget if budget is not None else ((4 << 20) if self.device.type == "cpu" else (1 << 30))
 
     def _build(self) -> None:
         """Fit every (virtual) pool pose into the box once and build the retrieval index."""
@@ -283,6 +303,10 @@ class MosaicEngine:
         query = query.to(dtype=self.index.joints.dtype)
         # Inputs are validated: the stages run without their own data-dependent checks (host syncs).
         with unchecked():
+            if self.settings.compile and not self.settings.soft:
+                if self._compiled_step is None:
+                    self._compiled_step = torch.compile(self.step, fullgraph=True, dynamic=False)
+                return self._compiled_step(query, searched)
             return self._synthesise(query, searched)
 
     def _validate(self, query: torch.Tensor, occluded: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,7 +348,7 @@ class MosaicEngine:
         # 2. Retrieval (Eq. 1-4).
         if matches is None:
             matches, _ = self.index.best(p.detach().to(self.index.joints.dtype), searched,
-                                         budget_bytes=s.retrieval_budget)
+                                         budget_bytes=self.retrieval_budget)
         else:
             matches = matches.masked_fill(~searched, -1)
         m = matches.clamp_min(0)  # unsearched joints read entry 0; masked out below
@@ -367,9 +391,15 @@ class MosaicEngine:
         )
 
     def _synthesise(self, query: torch.Tensor, searched: torch.Tensor) -> MosaicResult:
-        s = self.settings
-        if s.soft:  # differentiable w.r.t. the query: gpumosaic/soft.py, docs/differentiable.md
+        if self.settings.soft:  # differentiable w.r.t. the query: gpumosaic/soft.py, docs/differentiable.md
             return synthesise_soft(self, query, searched)
+        return self.step(query, searched)
+
+    def step(self, query: torch.Tensor, searched: torch.Tensor) -> MosaicResult:
+        """The hard engine's hot path on validated inputs: query (B, J, 2) float on the engine's device,
+        searched (B, J) bool. No input check, no host sync; ``torch.compile(engine.step, fullgraph=True)``
+        traces it as one graph (what ``compile=True`` does; warps are dense in a traced graph)."""
+        s = self.settings
         searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
         num_j = query.shape[1]
         mt = self._match_and_map(query, searched)
@@ -378,6 +408,7 @@ class MosaicEngine:
         # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
         # (only where a weight is non-zero) once the weights are known.
         sparse = s.warps == "sparse" or (s.warps == "auto" and self.device.type == "cpu")
+        sparse = sparse and not torch.compiler.is_compiling()  # nonzero: a data-dependent size
         warped = None if sparse else self._warp(source, query_from_stored, searched)  # (B, J, 3, S, S)
 
         # 5. Index map and copy-paste mosaic (Eq. 5-6).

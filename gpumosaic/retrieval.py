@@ -204,7 +204,9 @@ class RetrievalIndex:
         step = self._chunk_size(b, num_j, budget_bytes)
         if torch.compiler.is_compiling():
             # Traced: the functional chunk (the compiler fuses gather, hypot and the weighted sum into one
-            # loop with no (B, J, n, J) intermediate), a loop count fixed by N and the budget.
+            # loop with no (B, J, n, J) intermediate, so only the (B, J, n) distances count against the
+            # budget), a loop count fixed by N and the budget, unrolled in the graph.
+            step = max(1, min(len(self), budget_bytes // max(b * num_j * 4, 1)))
             best_d = torch.full((b, num_j), float("inf"), dtype=cp.dtype, device=cp.device)
             best_i = torch.zeros((b, num_j), dtype=torch.long, device=cp.device)
             for s in range(0, len(self), step):
