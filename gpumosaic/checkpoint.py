@@ -51,6 +51,7 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "InferenceCheckpoint", "sa
 
 CHECKPOINT_FORMAT = "gpumosaic.inference"
 CHECKPOINT_VERSION = 1
+_EXAMPLE_FORMAT = "gpumosaic.examples.train_classifier"  # examples/train_classifier.py's training checkpoints
 _MODELS = ("classifier", "regressor")
 
 
@@ -170,11 +171,14 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
                               ) -> InferenceCheckpoint:
     """Read a file written by :func:`save_inference_checkpoint` (``torch.load(weights_only=True)``).
 
+    A training checkpoint of ``examples/train_classifier.py`` is read too: its model weights, pose classes
+    and settings (backbone, input size = mosaic size, default margin) are taken and the optimiser state is
+    ignored; :func:`save_inference_checkpoint` then writes the small inference file.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not an inference checkpoint (e.g. a training checkpoint of ``examples/train_classifier.py``,
-            whose model and classes can be re-saved with :func:`save_inference_checkpoint`), or an unsupported
-            version.
+        ValueError: neither an inference checkpoint nor a training checkpoint of the example, or an
+            unsupported version.
     """
     path = Path(path)
     if not path.is_file():
@@ -183,6 +187,8 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or pickled files
         raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    if isinstance(state, dict) and state.get("format") == _EXAMPLE_FORMAT:
+        return _from_example(state, device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: not a gpumosaic inference checkpoint (format {found!r}, expected "
@@ -200,4 +206,17 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
         state_dict=state["state_dict"], classes=classes, class_box=box, skeleton=state["skeleton"],
         margin=state["margin"], normalise_input=bool(state["normalise_input"]),
         extent_m=float(state.get("extent_m", 1.0)), settings=dict(state.get("settings") or {}),
+    )
+
+
+def _from_example(state: dict, device) -> InferenceCheckpoint:
+    """The inference part of an ``examples/train_classifier.py`` training checkpoint."""
+    config, cs = state["config"], state["classes"]
+    classes = PoseClasses(centres=cs["centres"], mean_pose3d=cs["mean_pose3d"], mean_pose2d=cs["mean_pose2d"],
+                          counts=cs["counts"], skeleton=cs["skeleton"]).to(device)
+    size = int(config["size"])
+    return InferenceCheckpoint(
+        model="classifier", backbone=config["backbone"], input_size=size, state_dict=state["model"],
+        classes=classes, class_box=(size, None), skeleton=classes.skeleton, margin=None,
+        settings={"source": _EXAMPLE_FORMAT, "step": int(state.get("step", 0)), **config},
     )
