@@ -95,7 +95,7 @@ def main(argv=None) -> Path:
     if smoke:
         sizes = ["--pool-sizes", "500", "--sizes", "64", "--repeats", "1", "--warmup", "0", "--threads", "1"]
         eager = sizes + ["--batch-sizes", "2"]
-        compiled = sizes + ["--batch-sizes", "2", "--compile"]
+        compiled = sizes + ["--batch-sizes", "2", "--compile", "retrieval"]  # 'engine' is CUDA only
         consumers = ["--pool-sizes", "200", "--sizes", "32", "--batch-sizes", "1", "--repeats", "1", "--warmup",
                      "0", "--threads", "1", "--consumers", "--amp", "--consumer-batch", "2"]
         test_sel = ["tests/test_compile.py", "tests/test_engine.py", "-k", "cuda or one_graph"]
@@ -103,7 +103,7 @@ def main(argv=None) -> Path:
     else:
         common = ["--sizes", "220", "--repeats", "5", "--warmup", "2", "--reference-images", "0"]
         eager = common + ["--pool-sizes", "1000", "80000", "--batch-sizes", "16", "64", "256"]
-        compiled = common + ["--pool-sizes", "80000", "--batch-sizes", "256", "--compile"]
+        compiled = common + ["--pool-sizes", "80000", "--batch-sizes", "256", "--compile", "engine"]
         consumers = ["--pool-sizes", "1000", "--sizes", "220", "--batch-sizes", "16", "--repeats", "5", "--warmup",
                      "2", "--reference-images", "0", "--consumers", "--amp", "--consumer-batch", "256"]
         test_sel = ["tests", "-k", "cuda"]

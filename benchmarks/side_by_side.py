@@ -11,7 +11,8 @@ For each pool size N (default 1,000, 10,000 and 80,000 stored images, mirrored �
   less than the wall clock) and the 1-minute load average before and after;
 * memory from ``/proc/self/status``: resident set after the pool is made, after the engine is built (the
   index and tables; the pool is not copied), and a batch's working memory (peak resident ``VmHWM`` during one
-  engine call, reset through ``/proc/self/clear_refs``, minus the resident set before it);
+  engine call, reset through ``/proc/self/clear_refs``, minus the resident set before it), each after
+  ``malloc_trim`` so that memory freed by an earlier step does not hide a new allocation;
 * the cost per mosaic against B (engine only, CPU time) at each N.
 
 Pool images: ``--fill-images all`` materialises every image (80,000 × 3 × 160² uint8 = 6.1 GB);
@@ -83,6 +84,18 @@ def reset_peak() -> bool:
         return False
 
 
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so that resident-set deltas measure
+    what a step keeps or allocates rather than what an earlier step freed."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def mem_available_mb() -> float | None:
     try:
         with open("/proc/meminfo") as f:
@@ -151,11 +164,14 @@ def _summary(values: list[float]) -> dict:
 
 def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log) -> dict:
     load_before = os.getloadavg()
+    trim_heap()
     rss0 = rss_mb()
     pool, fill = make_pool(base, n, args.fill_images, args.seed)
+    trim_heap()
     rss_pool = rss_mb()
     t_build, c_build, engine = _clock(lambda: MosaicEngine(pool, LSP14, size=args.size, compile=args.compile)
                                       if args.compile else MosaicEngine(pool, LSP14, size=args.size))
+    trim_heap()
     rss_engine = rss_mb()
     index_bytes = engine.index.nbytes()
     t_ref_build, _, ref = _clock(lambda: ReferenceEngine(pool, LSP14, size=args.size))
@@ -186,7 +202,7 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
     ref_count = min(args.batch, args.reference_images) if args.reference_images else args.batch
 
     # Batch working memory: peak resident during one engine call above the resident set before it.
-    gc.collect()
+    trim_heap()
     rss_before_call = rss_mb()
     peak_ok = reset_peak()
     run_engine(*queries[0])
@@ -214,7 +230,7 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
     b = args.batch
     res = {
         "pool_size": n, "virtual_pool_rows": len(engine.index), "batch": b, "size": args.size, "joints": 14,
-        "fill_images": fill, "compile": bool(args.compile),
+        "fill_images": fill, "compile": args.compile or False,
         "engine_build_wall_s": t_build, "engine_build_cpu_s": c_build, "engine_first_call_wall_s": t_first,
         "reference_build_wall_s": t_ref_build,
         "engine_mosaics_per_s_wall": _summary(rate("engine_wall_s", b)),

@@ -262,7 +262,7 @@ def run_device(device, args, ref_cache, log):
             pool = cpu_pool if device == "cpu" else cpu_pool.to(device)
             for size in args.sizes:
                 t0 = time.perf_counter()
-                engine = MosaicEngine(pool, skeleton, size=size, device=device, compile=args.compile)
+                engine = MosaicEngine(pool, skeleton, size=size, device=device, compile=args.compile or False)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 build_s = time.perf_counter() - t0
@@ -397,7 +397,8 @@ def parse_args(argv=None):
     sbs.add_argument("--batch-curve", type=int, nargs="*", default=[1, 4, 8, 16, 32],
                      help="side by side: batch sizes of the cost-per-mosaic curve (engine only); none to skip")
     sbs.add_argument("--curve-repeats", type=int, default=2)
-    sbs.add_argument("--compile", action="store_true", help="MosaicEngine(compile=True) (both modes)")
+    sbs.add_argument("--compile", choices=["engine", "retrieval"], default=None,
+                     help="MosaicEngine(compile=...) (both modes): the whole step, or the retrieval kernel only")
     args = ap.parse_args(argv)
     if args.side_by_side:
         args.pool_sizes = args.pool_sizes or [1000, 10000, 80000]

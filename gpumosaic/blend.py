@@ -69,13 +69,15 @@ def index_map(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch
         if searched.dtype != torch.bool:
             raise TypeError(f"Expected searched as a bool tensor, got {searched.dtype}")
     check_finite(prob, name="prob")
+    # ``max(dim=1).indices`` is the first maximal index (ties go to the lowest j), like ``argmax``, and
+    # several times faster than ``argmax`` over a non-innermost dimension on the CPU (12 vs 60 ms for
+    # (8, 14, 220, 220), one thread).
     if searched is None:
-        return torch.argmax(prob, dim=1)
-    # Excluded maps are set to -inf so they lose against any finite value; argmax returns the first
-    # maximal index, i.e. ties go to the lowest j.
+        return prob.max(dim=1).indices
+    # Excluded maps are set to -inf so they lose against any finite value.
     keep = _searched_or_all(searched)[:, :, None, None]
     masked = prob.masked_fill(~keep, float("-inf"))
-    return torch.argmax(masked, dim=1)
+    return masked.max(dim=1).indices
 
 
 def index_map_reference(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch.Tensor:

@@ -72,12 +72,17 @@ class MosaicSettings:
             rounding, several times less work, ``warped`` is ``None``: :meth:`MosaicEngine.warp_matches`
             recomputes it); it finds the non-zero weights with ``nonzero``, a host sync on CUDA.
             ``"auto"`` (default): sparse on the CPU, dense on CUDA.
-        compile: run the hard engine's step (:meth:`MosaicEngine.step`, retrieval to blending) as one
-            ``torch.compile(fullgraph=True, dynamic=False)`` graph: no graph break, hence no ``.item()``, no
-            data-dependent shape and no host sync inside. Warps are dense there (``"auto"`` means dense when
-            compiled): the sparse path's ``nonzero`` has a data-dependent size, which a single graph cannot
-            hold without a capacity that could drop samples. The first call of each batch size compiles
-            (minutes on a CPU); the measured effect is in docs/performance.md. Soft mode is never compiled.
+        compile: ``False`` (default): eager. ``True`` or ``"engine"``: the hard engine's step
+            (:meth:`MosaicEngine.step`, retrieval to blending) as one ``torch.compile(fullgraph=True,
+            dynamic=False)`` graph: no graph break, hence no ``.item()``, no data-dependent shape and no host
+            sync inside. Warps are dense there (``"auto"`` means dense when compiled): the sparse path's
+            ``nonzero`` has a data-dependent size, which a single graph cannot hold without a capacity that
+            could drop samples. CUDA only: on the CPU, inductor's C++ build of this graph aborts on an index
+            bounds check in the fused raster kernel (torch 2.14.1), so it is refused. ``"retrieval"``: only
+            the exact retrieval's chunk kernel is compiled (fused, the same matches), the rest stays eager
+            with its sparse warps on the CPU. The first call of each
+            batch size compiles (minutes on a CPU); measured effects in docs/performance.md. Soft mode is
+            never compiled.
     """
 
     size: int = 220
@@ -93,7 +98,7 @@ class MosaicSettings:
     soft: bool = False
     temperature: float = 1.0
     warps: str = "auto"
-    compile: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -108,7 +113,9 @@ class MosaicSettings:
             raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
         if self.warps not in ("auto", "dense", "sparse"):
             raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
-        if self.compile and self.warps == "sparse":
+        if self.compile not in (False, True, "engine", "retrieval"):
+            raise ValueError(f"Expected compile False, True, 'engine' or 'retrieval', got {self.compile!r}")
+        if self.compile in (True, "engine") and self.warps == "sparse":
             raise ValueError("Expected warps 'auto' or 'dense' with compile=True, got 'sparse' (its nonzero has a "
                              "data-dependent size: a compiled graph uses dense warps)")
         if not 0 < self.temperature < float("inf"):
@@ -218,7 +225,7 @@ class MosaicEngine:
         soft: bool = False,
         temperature: float = 1.0,
         warps: str = "auto",
-        compile: bool = False,
+        compile: bool | str = False,
         device: torch.device | str | None = None,
         settings: MosaicSettings | None = None,
     ) -> None:
@@ -233,6 +240,11 @@ class MosaicEngine:
         )
         self.skeleton = skeleton
         self.pool = pool if device is None else pool.to(device)
+        if self.settings.compile in (True, "engine") and self.device.type == "cpu":
+            raise ValueError(
+                "compile=True/'engine' is not available on the CPU: torch 2.14.1's inductor C++ build of the "
+                "whole step aborts on an index bounds check inside the fused raster kernel (the graph itself "
+                "traces: tests/test_compile.py); use compile='retrieval' (the exact search's kernel) on the CPU")
         self._compiled_step = None
         self._build()
 
@@ -303,7 +315,7 @@ class MosaicEngine:
         query = query.to(dtype=self.index.joints.dtype)
         # Inputs are validated: the stages run without their own data-dependent checks (host syncs).
         with unchecked():
-            if self.settings.compile and not self.settings.soft:
+            if self.settings.compile in (True, "engine") and not self.settings.soft:
                 if self._compiled_step is None:
                     self._compiled_step = torch.compile(self.step, fullgraph=True, dynamic=False)
                 return self._compiled_step(query, searched)
@@ -348,7 +360,8 @@ class MosaicEngine:
         # 2. Retrieval (Eq. 1-4).
         if matches is None:
             matches, _ = self.index.best(p.detach().to(self.index.joints.dtype), searched,
-                                         budget_bytes=self.retrieval_budget)
+                                         budget_bytes=self.retrieval_budget,
+                                         compiled=self.settings.compile == "retrieval")
         else:
             matches = matches.masked_fill(~searched, -1)
         m = matches.clamp_min(0)  # unsearched joints read entry 0; masked out below

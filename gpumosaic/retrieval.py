@@ -46,7 +46,7 @@ __all__ = [
 EPS_PX = 1.0
 
 DEFAULT_BUDGET = 4 << 20
-"""Bytes of the exact search's two work buffers (``2·B·J·n·J·4``): a few MB keeps a chunk in the CPU's
+"""Bytes of the exact search's work buffers (``B·J·n·(2J + 1)·4``): a few MB keeps a chunk in the CPU's
 caches, and the working memory of a batch independent of N (measured in docs/performance.md)."""
 
 
@@ -124,8 +124,8 @@ class RetrievalIndex:
         skeleton: the joint layout.
 
     Memory: ``4·Nv·J·(2Q + J + 2)`` bytes, 0.6 GB for N = 80,000 mirrored (Nv = 160,000, J = 14); the
-    exact search adds a working set of ``2·B·J·n·J·4`` bytes (``n`` rows per chunk, from the budget)
-    whatever N is (docs/performance.md, "Memory").
+    exact search adds a working set of ``B·J·n·(2J + 1)·4`` bytes (``n`` rows per chunk, from the
+    budget) whatever N is (docs/performance.md, "Memory").
     """
 
     joints: torch.Tensor
@@ -179,15 +179,13 @@ class RetrievalIndex:
         return pair, cp, wp
 
     def _chunk_distances(self, pair, cp, wp, start: int, stop: int) -> torch.Tensor:
-        """D_j for pool rows ``start:stop``: (B, J, n), functional form (no buffers; the compiled path and
-        :meth:`distances`). Same arithmetic, in the same order, as :class:`_ExactSearch`."""
-        dx = self.canonical[0, :, start:stop][pair] - cp[:, :, None, :, 0]  # (B, J, n, J)
-        dy = self.canonical[1, :, start:stop][pair] - cp[:, :, None, :, 1]
-        w = self.weights[None, :, start:stop] + wp[:, :, None, :]  # (B, J, n, J): w_k^j(p) + w_k^j(q)
-        return (torch.hypot(dx, dy) * w).sum(-1)
+        """D_j for pool rows ``start:stop``: (B, J, n), functional form (no buffers; the compiled paths and
+        :meth:`distances`). Same arithmetic, in the same order, as :class:`ExactSearch`."""
+        sl = slice(start, stop)
+        return _eq3_chunk(self.canonical[0, :, sl], self.canonical[1, :, sl], self.weights[:, sl], pair, cp, wp)
 
     def _chunk_size(self, b: int, j: int, budget_bytes: int) -> int:
-        per_entry = max(b * j * j * 4 * 2, 1)  # the two (B, J, ·, J) float32 work buffers
+        per_entry = max(b * j * (2 * j + 1) * 4, 1)  # two (B, J, ·, J) work buffers and the (B, J, ·) D
         return max(1, min(len(self), budget_bytes // per_entry))
 
     def distances(self, query: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET) -> torch.Tensor:
@@ -198,24 +196,36 @@ class RetrievalIndex:
         out = [self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))) for s in range(0, len(self), step)]
         return torch.cat(out, -1)
 
-    def _exact(self, pair, cp, wp, budget_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 4 over the whole index: ``(best index (B, J), best D (B, J))``, ties to the lowest index."""
+    def _exact(self, pair, cp, wp, budget_bytes: int, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4 over the whole index: ``(best index (B, J), best D (B, J))``, ties to the lowest index.
+
+        Three forms of one computation: eager with reused buffers (:class:`ExactSearch`, the default);
+        traced inside a caller's ``torch.compile`` graph; or ``compiled=True``: each chunk through one
+        ``torch.compile``'d kernel (:func:`_eq3_chunk_min`, built once per batch shape). In both compiled
+        forms the compiler fuses gather, hypot and the weighted sum into one loop with no (B, J, n, J)
+        intermediate, so only the (B, J, n) distances count against the budget.
+        """
         b, num_j = pair.shape
-        step = self._chunk_size(b, num_j, budget_bytes)
-        if torch.compiler.is_compiling():
-            # Traced: the functional chunk (the compiler fuses gather, hypot and the weighted sum into one
-            # loop with no (B, J, n, J) intermediate, so only the (B, J, n) distances count against the
-            # budget), a loop count fixed by N and the budget, unrolled in the graph.
-            step = max(1, min(len(self), budget_bytes // max(b * num_j * 4, 1)))
-            best_d = torch.full((b, num_j), float("inf"), dtype=cp.dtype, device=cp.device)
-            best_i = torch.zeros((b, num_j), dtype=torch.long, device=cp.device)
-            for s in range(0, len(self), step):
-                cd, ci = self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))).min(dim=-1)
-                better = cd < best_d  # strict: earlier chunks win ties
-                best_d = torch.where(better, cd, best_d)
-                best_i = torch.where(better, ci + s, best_i)
-            return best_i, best_d
-        return _ExactSearch(self, pair, cp, wp, step).run()
+        tracing = torch.compiler.is_compiling()
+        if not (tracing or compiled):
+            return ExactSearch(self, pair, cp, wp, self._chunk_size(b, num_j, budget_bytes)).run()
+        total = len(self)
+        step = max(1, min(total, budget_bytes // max(b * num_j * 4, 1)))
+        kernel = _eq3_chunk_min if tracing else _compiled_chunk_min()
+        best_d = torch.full((b, num_j), float("inf"), dtype=cp.dtype, device=cp.device)
+        best_i = torch.zeros((b, num_j), dtype=torch.long, device=cp.device)
+        x_planes, y_planes = self.canonical[0], self.canonical[1]
+        for s in range(0, total, step):  # fixed count: N and the budget (unrolled when traced)
+            # Every chunk has ``step`` rows (one compiled shape): the last one starts earlier and overlaps
+            # rows already seen, whose D cannot pass the strict ``<`` again, so ties still go to the lowest.
+            s = min(s, total - step)
+            sl = slice(s, s + step)
+            cd, ci = kernel(x_planes[:, sl], y_planes[:, sl], self.weights[:, sl], pair, cp, wp)
+            better = cd < best_d  # strict: earlier chunks win ties
+            best_d = torch.where(better, cd, best_d)
+            best_i = torch.where(better, ci + s, best_i)
+        return best_i, best_d
+
 
     def _rerank(self, pair, cp, wp, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact Eq. 3 on candidates (B, J, L); the smallest D, ties to the lowest index."""
@@ -279,6 +289,7 @@ class RetrievalIndex:
         searched: torch.Tensor | None = None,
         budget_bytes: int = DEFAULT_BUDGET,
         shortlist: int | None = None,
+        compiled: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best matches (Eq. 4): returns ``(matches (B, J) int64, distance (B, J))``.
 
@@ -286,7 +297,8 @@ class RetrievalIndex:
         The loop is over pool chunks (a count fixed by N and the memory budget), never over queries.
         ``shortlist=L`` (an option, not the default): exact Eq. 3 only on the L candidates of
         :meth:`shortlist`; equal to the exact search when L >= the index size, otherwise measured by its
-        recall@1.
+        recall@1. ``compiled=True``: the exact search's chunks run through one ``torch.compile``'d kernel (the
+        same matches; the first call per batch shape compiles, about a minute on a CPU).
         """
         query = _check_query(query, self.skeleton, self.joints)
         b, j = query.shape[:2]
@@ -301,18 +313,42 @@ class RetrievalIndex:
                 best_i = best_i.masked_fill(~searched, -1)
                 best_d = best_d.masked_fill(~searched, float("inf"))
             return best_i, best_d
-        best_i, best_d = self._exact(pair, cp, wp, budget_bytes)
+        best_i, best_d = self._exact(pair, cp, wp, budget_bytes, compiled=compiled)
         if searched is not None:
             best_i = best_i.masked_fill(~searched, -1)
             best_d = best_d.masked_fill(~searched, float("inf"))
         return best_i, best_d
 
 
-class _ExactSearch:
+def _eq3_chunk(x, y, w, pair, cp, wp) -> torch.Tensor:
+    """Eq. 3 for one pool chunk: planes ``x, y`` (Q, n, J), weights ``w`` (J, n, J), query side ``pair`` (B, J),
+    ``cp`` (B, J, J, 2), ``wp`` (B, J, J) -> D (B, J, n): ``Σ_k hypot(c_k(q) - c_k(p)) · (w_k(q) + w_k(p))``."""
+    dx = x[pair] - cp[:, :, None, :, 0]  # (B, J, n, J)
+    dy = y[pair] - cp[:, :, None, :, 1]
+    ww = w[None] + wp[:, :, None, :]  # (B, J, n, J): w_k^j(q) + w_k^j(p)
+    return (torch.hypot(dx, dy) * ww).sum(-1)
+
+
+def _eq3_chunk_min(x, y, w, pair, cp, wp) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first minimum of :func:`_eq3_chunk` over the chunk: ``(D (B, J), row in the chunk (B, J))``."""
+    return _eq3_chunk(x, y, w, pair, cp, wp).min(dim=-1)
+
+
+_COMPILED_CHUNK_MIN = []
+
+
+def _compiled_chunk_min():
+    """:func:`_eq3_chunk_min` through ``torch.compile`` (built on first use, shared by every index)."""
+    if not _COMPILED_CHUNK_MIN:
+        _COMPILED_CHUNK_MIN.append(torch.compile(_eq3_chunk_min, fullgraph=True, dynamic=False))
+    return _COMPILED_CHUNK_MIN[0]
+
+
+class ExactSearch:
     """The exact search's eager loop (Eq. 4) over pool chunks with two preallocated work buffers.
 
     Every chunk reuses the same ``(B·J, n, J)`` buffers (``out=`` / in-place ops): no allocation per chunk,
-    a working set of ``2·B·J·n·J·4`` bytes whatever N is. The arithmetic and its order are those of
+    a working set of ``B·J·n·(2J + 1)·4`` bytes whatever N is. The arithmetic and its order are those of
     :meth:`RetrievalIndex._chunk_distances` (``hypot(c(q) - c(p)) · (w(q) + w(p))`` summed over k), so both
     give the same D bit for bit; ``min`` keeps the first minimum in a chunk and a strict ``<`` keeps the
     earlier chunk on ties: the lowest index wins, as in the brute-force definition.

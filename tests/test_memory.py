@@ -1,0 +1,38 @@
+"""Memory contracts of issue 11: the engine keeps the caller's pool tensor, the index's size is its formula,
+and the exact search's work buffers do not grow with the pool."""
+
+import torch
+
+from gpumosaic import MosaicEngine, load_demo_pool
+from gpumosaic.retrieval import RetrievalIndex, ExactSearch
+from gpumosaic.skeleton import LSP14
+
+
+def test_engine_keeps_the_callers_uint8_images():
+    pool = load_demo_pool()
+    for device in (None, "cpu"):
+        eng = MosaicEngine(pool, size=32, device=device)
+        assert eng.pool.images.dtype == torch.uint8
+        assert eng.pool.images.data_ptr() == pool.images.data_ptr()  # no copy at build
+
+
+def test_index_size_formula():
+    g = torch.Generator().manual_seed(0)
+    pool = torch.rand(37, 14, 2, generator=g) * 100
+    idx = RetrievalIndex.build(pool, LSP14, mirror=True)
+    nv, j, q = 74, 14, 2 * (len(LSP14.bones))
+    assert idx.canonical.shape == (2, q, nv, j) and idx.weights.shape == (j, nv, j)
+    assert idx.nbytes() == 4 * nv * j * (2 * q + j + 2)
+
+
+def test_exact_search_buffers_do_not_grow_with_the_pool():
+    g = torch.Generator().manual_seed(1)
+    q = torch.rand(3, 14, 2, generator=g) * 100
+    sizes = []
+    for n in (500, 5000):
+        idx = RetrievalIndex.build(torch.rand(n, 14, 2, generator=g) * 100, LSP14, mirror=True)
+        pair, cp, wp = idx._query_side(q)
+        search = ExactSearch(idx, pair, cp, wp, idx._chunk_size(3, 14, 1 << 18))
+        sizes.append(sum(t.numel() * t.element_size() for t in vars(search).values()
+                         if isinstance(t, torch.Tensor) and t.dim() > 0 and t.numel() > 14 * 3 * 14))
+    assert sizes[0] == sizes[1] <= 1 << 18
