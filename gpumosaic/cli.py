@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--predictions", type=Path, help="predictions file (JSON Lines, one record per test entry)")
     ev.add_argument("--classes", type=Path, default=None,
                     help="pose classes (.npz of PoseClasses.save) for the class lower bound with --predictions")
+    ev.add_argument("--classes-box", type=int, default=220,
+                    help="side of the box the --classes mean 2D poses are in (margin 10 %%; default 220)")
     ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
     ev.add_argument("--device", default="auto")
@@ -391,7 +393,7 @@ def evaluate(args) -> int:
         else:
             preds = load_predictions(args.predictions, test)
         if args.classes is not None:
-            classes = PoseClasses.load(args.classes)
+            classes, box = PoseClasses.load(args.classes), (args.classes_box, None)
         report = evaluate_predictions(test, preds, classes, box, n_boot=args.n_boot, level=args.level)
     except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -35,7 +35,7 @@ from .skeleton import get_skeleton
 from .warp import warp_images
 
 __all__ = ["PosePrediction", "ImagePrediction", "box_to_box", "box_from_person_box", "crop_image",
-           "predict_crops", "predict_image", "read_image", "prediction_record", "draw_prediction"]
+           "predict_crops", "predict_image", "read_image", "prediction_record", "draw_prediction", "write_json"]
 
 
 @dataclass(frozen=True)
