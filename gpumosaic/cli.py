@@ -408,7 +408,7 @@ def evaluate(args) -> int:
 def predict(args) -> int:
     """``gpumosaic predict``: see :mod:`gpumosaic.predict`."""
     from .checkpoint import load_inference_checkpoint
-    from .predict import draw_prediction, predict_image, prediction_record, read_image, write_json
+    from .predict import draw_prediction, dumps, predict_image, prediction_record, read_image, write_json
 
     try:
         image = read_image(args.image)
@@ -422,7 +422,7 @@ def predict(args) -> int:
         write_json(record, args.json)
         print(f"wrote {args.json}")
     else:
-        print(json.dumps(record, indent=1))
+        print(dumps(record))
     if args.overlay:
         draw_prediction(image, result, ckpt, args.overlay)
         print(f"wrote {args.overlay}")
