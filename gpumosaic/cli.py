@@ -398,6 +398,7 @@ def evaluate(args) -> int:
     except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None
     print(report.table())
+    print(report.joint_table())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report.as_dict(), indent=1))

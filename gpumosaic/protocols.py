@@ -81,6 +81,14 @@ class EvaluationReport:
         return {"info": self.info, "summary": {k: v.as_dict() for k, v in self.summary.items()},
                 "per_joint": self.per_joint}
 
+    def joint_table(self) -> str:
+        """Per-joint means as text: one row per joint, one column per table (2D px, PCK, PCKh, 3D mm)."""
+        rows: dict = {}
+        for table, values in self.per_joint.items():
+            for joint, v in values.items():
+                rows.setdefault(joint, {})[table] = v
+        return metrics_table(rows, title="per joint")
+
     def table(self) -> str:
         rows = {name: {"mean": v.mean, f"{100 * v.level:.0f}% low": v.low, f"{100 * v.level:.0f}% high": v.high}
                 for name, v in self.summary.items()}

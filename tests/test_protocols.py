@@ -71,6 +71,8 @@ def test_lsp_protocol_hand_computed(tmp_path):
     json.dumps(d)
     assert d["info"]["joints_13"] == [LSP14.names[k] for k in paper_joints(LSP14)] and "neck" not in d["info"]["joints_13"]
     assert "error2d_px_13" in report.table()
+    joints = report.joint_table().splitlines()
+    assert len(joints) == 3 + 14 and joints[3].startswith("r_ankle") and "pckh@0.5" in joints[1]
 
 
 def test_constant_predictions(tmp_path):
