@@ -318,6 +318,7 @@ def export(args) -> int:
 
     from .engine import MosaicEngine
     from .export import export_shards
+    from .shardfile import ExportLockedError
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
@@ -340,7 +341,7 @@ def export(args) -> int:
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
             )
-        except ValueError as err:
+        except (ValueError, ExportLockedError) as err:
             raise SystemExit(f"error: {err}") from None
     finally:
         if created:
