@@ -1,7 +1,6 @@
 """Test sets in each format, the protocol runner and ``gpumosaic evaluate``, on tiny fixture files."""
 
 import json
-import math
 
 import cv2
 import numpy as np
