@@ -12,13 +12,12 @@ from __future__ import annotations
 import torch
 
 from ._check import unchecked
-from .skeleton import LSP14, Skeleton
+from .skeleton import Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
+from .settings import DEFAULT_SIGMA, MosaicSettings
 from .synthesis import (
-    DEFAULT_SIGMA,
     MosaicResult,
-    MosaicSettings,
     PreparedPool,
     prepare_pool,
     synthesise_hard,
@@ -35,11 +34,14 @@ class MosaicEngine:
     Args:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`); uint8 images stay uint8 on the
             device; float images in [0, 1] make the mosaics differentiable with respect to them.
-        skeleton: the joint layout of queries and pool (default ``LSP14``); must match ``pool.skeleton``.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature, warps: see
-            :class:`MosaicSettings`.
+        skeleton: the joint layout of queries and pool; ``None`` means ``pool.skeleton`` (a given one must
+            match it).
+        settings: the :class:`MosaicSettings` (every default is resolved there); ``None`` builds one from
+            the keyword fields below.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
-        settings: a full :class:`MosaicSettings` instead of the keyword arguments above.
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, warp_chunk, retrieval_budget, soft,
+            temperature, warps: shorthand for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
+            :class:`MosaicSettings` default. Giving both ``settings`` and a field raises ``TypeError``.
 
     Calling the engine on ``query (B, J, 2)`` (pixels of any frame, fitted into the box here),
     ``occluded (B, J) bool`` (not searched; ``None``: none occluded) returns a :class:`MosaicResult`.
@@ -55,29 +57,33 @@ class MosaicEngine:
     def __init__(
         self,
         pool: Pool2D,
-        skeleton: Skeleton = LSP14,
-        size: int = 220,
-        alpha: float = 6.0,
-        beta: float = 0.25,
+        skeleton: Skeleton | None = None,
+        settings: MosaicSettings | None = None,
+        *,
+        device: torch.device | str | None = None,
+        size: int | None = None,
+        alpha: float | None = None,
+        beta: float | None = None,
         sigma: float | None = None,
         margin: float | None = None,
-        mirror: bool = True,
-        padding_mode: str = "border",
-        blend: bool = True,
-        soft: bool = False,
-        temperature: float = 1.0,
-        warps: str = "auto",
-        device: torch.device | str | None = None,
-        settings: MosaicSettings | None = None,
+        mirror: bool | None = None,
+        padding_mode: str | None = None,
+        blend: bool | None = None,
+        warp_chunk: int | None = None,
+        retrieval_budget: int | None = None,
+        soft: bool | None = None,
+        temperature: float | None = None,
+        warps: str | None = None,
     ) -> None:
         if not isinstance(pool, Pool2D):
             raise TypeError(f"Expected pool to be a Pool2D, got {type(pool).__name__}")
+        skeleton = pool.skeleton if skeleton is None else skeleton
         if pool.skeleton.name != skeleton.name:
             raise ValueError(f"Pool skeleton {pool.skeleton.name} differs from engine skeleton {skeleton.name}")
-        self.settings = settings or MosaicSettings(
-            size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
-            padding_mode=padding_mode, blend=blend, soft=soft, temperature=temperature,
-            warps=warps,
+        self.settings = MosaicSettings.from_options(
+            settings, size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
+            padding_mode=padding_mode, blend=blend, warp_chunk=warp_chunk, retrieval_budget=retrieval_budget,
+            soft=soft, temperature=temperature, warps=warps,
         )
         self.skeleton = skeleton
         self.pool = pool if device is None else pool.to(device)
@@ -103,7 +109,7 @@ class MosaicEngine:
         if result.warped is not None:
             return result.warped
         with unchecked():
-            return warp_matched(self.prepared, self.settings, result.source, result.query_from_stored,
+            return warp_matched(self.prepared, self.settings, result.source_rows, result.query_from_stored,
                                 result.searched)
 
     def to(self, device) -> "MosaicEngine":

@@ -233,10 +233,6 @@ def invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
         ``[A | t]`` sends a column point ``p`` to ``A @ p + t`` (pixels, ``(x, y)`` order).
     """
     check_shape(b_from_a, ["*", "2", "3"], name="b_from_a")
-    return _invert_affine(b_from_a)
-
-
-def _invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
     a, b, tx = b_from_a[..., 0, 0], b_from_a[..., 0, 1], b_from_a[..., 0, 2]
     c, d, ty = b_from_a[..., 1, 0], b_from_a[..., 1, 1], b_from_a[..., 1, 2]
     det = a * d - b * c

@@ -401,7 +401,7 @@ def synthesise_soft(
 
     Returns:
         :class:`~gpumosaic.MosaicResult` whose ``images`` (blended), ``mosaic_unblended`` (``Σ_j a_j I'_j``),
-        ``weights`` (soft window weights), ``distance`` (smooth), ``probability``, ``aligned``, ``query`` and
+        ``weights`` (soft window weights), ``distance`` (smooth), ``probability``, ``aligned``, ``pose2d`` and
         ``query_from_stored`` carry gradients w.r.t. ``query``; ``index_map`` is the hard argmax of the
         probability maps (for inspection), ``matches`` etc. are as in hard mode.
     """
@@ -413,9 +413,9 @@ def synthesise_soft(
     # Steps 1-4 as in hard mode (box, retrieval, rigid alignment, probability maps): differentiable
     # w.r.t. the query except for the discrete choice of matches.
     mt = match_and_map(query, searched, s, prepared, matches)
-    p, prob, size = mt.query, mt.probability, (s.size, s.size)
+    p, prob, size = mt.pose2d, mt.probability, (s.size, s.size)
     # (B, J, 3, S, S), differentiable w.r.t. the affine (grid)
-    warped = warp_matched(prepared, s, mt.source, mt.query_from_stored, searched, dtype=dt)
+    warped = warp_matched(prepared, s, mt.source_rows, mt.query_from_stored, searched, dtype=dt)
 
     # 5. Soft index map and soft copy-paste mosaic.
     assign = _soft_assignment(prob, searched, tau)

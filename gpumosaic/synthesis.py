@@ -33,16 +33,15 @@ import torch
 
 from ._check import check_finite, check_shape
 from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
-from .geometry import compose_affine, default_margin, fit_to_box, mirror_affine, rigid_alignment
+from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
 from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
+from .settings import MosaicSettings
 from .skeleton import Skeleton
 from .sources.base import Pool2D
 from .warp import warp_blend_sparse, warp_gather
 
 __all__ = [
-    "DEFAULT_SIGMA",
-    "MosaicSettings",
     "MosaicResult",
     "PreparedPool",
     "Matched",
@@ -53,83 +52,6 @@ __all__ = [
     "warp_matched",
     "synthesise_hard",
 ]
-
-DEFAULT_SIGMA = 7.5
-"""Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
-
-Chosen by ``benchmarks/sigma_ablation.py`` (docs/engine.md): limb agreement of the copy-paste mosaic peaks
-on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
-
-
-@dataclass(frozen=True)
-class MosaicSettings:
-    """Settings of the synthesis engine (the paper's defaults); every default is resolved here.
-
-    Attributes:
-        size: S, side of the square output in pixels (paper: 220).
-        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper: 6).
-        beta: β of Eq. 7, window growth per pixel of distance to the skeleton (paper: 0.25).
-        sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
-            ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).
-        margin: ``fit_to_box`` margin in box pixels; ``None`` means
-            :func:`~gpumosaic.geometry.default_margin` (10 % of ``size``).
-        mirror: double the pool virtually with mirrored entries (flip + left/right permutation).
-        padding_mode: how warps sample outside the stored image: ``"border"`` (replicate, default) or
-            ``"zeros"``.
-        blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
-        warp_chunk: warps per chunk (bounds memory; not a semantic setting).
-        retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
-        soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
-            log-probability maps at temperature τ instead of the argmax, smooth skeleton distance and
-            smooth windows, so mosaics have gradients w.r.t. the query joints (matches stay discrete).
-            ``False`` (default): the paper's hard engine.
-        temperature: τ > 0 of soft mode (ignored in hard mode): τ = 1 mixes the warps in proportion to
-            their probabilities, τ → 0 tends to hard mode.
-        warps: how the hard engine samples the matched images. ``"dense"``: warp every match over the whole
-            frame (``warped`` is returned). ``"sparse"``: sample each pixel only from the matches whose
-            weight there is non-zero (:func:`~gpumosaic.warp.warp_blend_sparse`; the same mosaics up to float
-            rounding, several times less work, ``warped`` is ``None``: :meth:`MosaicEngine.warp_matches`
-            recomputes it); it finds the non-zero weights with ``nonzero``, a host sync on CUDA.
-            ``"auto"`` (default): sparse on the CPU, dense on CUDA.
-    """
-
-    size: int = 220
-    alpha: float = 6.0
-    beta: float = 0.25
-    sigma: float | None = None
-    margin: float | None = None
-    mirror: bool = True
-    padding_mode: str = "border"
-    blend: bool = True
-    warp_chunk: int = 256
-    retrieval_budget: int = 256 << 20
-    soft: bool = False
-    temperature: float = 1.0
-    warps: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"Expected size >= 8, got {self.size}")
-        if self.sigma is None:
-            object.__setattr__(self, "sigma", DEFAULT_SIGMA * self.size / 220.0)
-        if self.sigma <= 0:
-            raise ValueError(f"Expected sigma > 0, got {self.sigma}")
-        if self.margin is None:
-            object.__setattr__(self, "margin", default_margin(self.size))
-        if not 0 <= 2 * self.margin < self.size:
-            raise ValueError(f"Expected 0 <= 2*margin < size, got margin={self.margin}, size={self.size}")
-        if self.alpha < 1 or self.beta < 0:
-            raise ValueError(f"Expected alpha >= 1 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if self.padding_mode not in ("border", "zeros"):
-            raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
-        if self.warps not in ("auto", "dense", "sparse"):
-            raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
-        if not 0 < self.temperature < float("inf"):
-            raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
-        for value, name in ((self.warp_chunk, "warp_chunk"), (self.retrieval_budget, "retrieval_budget")):
-            if isinstance(value, bool) or int(value) != value or value <= 0:
-                raise ValueError(f"Expected {name} to be a positive integer, got {value!r}")
-
 
 def _map(x, fn):
     return None if x is None else fn(x)
@@ -146,12 +68,11 @@ class MosaicResult:
         index_map: int64 (B, S, S), the joint ``j`` whose warped match fills each pixel (Eq. 5).
         matches: int64 (B, J), virtual pool index per joint (``N..2N-1`` are mirrored entries), -1 where
             the joint was not searched (occluded).
-        source: int64 (B, J), stored pool row of each match (-1 where not searched).
+        source_rows: int64 (B, J), stored pool row of each match (-1 where not searched).
         mirrored: bool (B, J), whether the match is a mirrored entry.
         source_ids: int64 (B, J), ``pool.ids`` of each match (-1 where not searched).
         searched: bool (B, J), joints that were searched.
-        query: float (B, J, 2), the query poses in the S×S box: the 2D label of ``images`` (``pose2d`` of a
-            :class:`~gpumosaic.batch.MosaicBatch`; :attr:`pose2d` is the same tensor).
+        pose2d: float (B, J, 2), the query poses fitted into the S×S box: the 2D label of ``images``.
         aligned: float (B, J, J, 2), ``q'``: each match's joints after the rigid map ``T`` (Eq. 2).
         query_from_stored: float (B, J, 2, 3), the affine each match was warped with.
         warped: float (B, J, 3, S, S), each match warped into the query frame (zeros where not searched);
@@ -165,11 +86,11 @@ class MosaicResult:
     mosaic_unblended: torch.Tensor
     index_map: torch.Tensor
     matches: torch.Tensor
-    source: torch.Tensor
+    source_rows: torch.Tensor
     mirrored: torch.Tensor
     source_ids: torch.Tensor
     searched: torch.Tensor
-    query: torch.Tensor
+    pose2d: torch.Tensor
     aligned: torch.Tensor
     query_from_stored: torch.Tensor
     warped: torch.Tensor | None
@@ -178,9 +99,14 @@ class MosaicResult:
     distance: torch.Tensor | None
 
     @property
-    def pose2d(self) -> torch.Tensor:
-        """float (B, J, 2), the 2D label of ``images`` in the S×S box (= :attr:`query`)."""
-        return self.query
+    def query(self) -> torch.Tensor:
+        """Old name of :attr:`pose2d` (the query in the S×S box)."""
+        return self.pose2d
+
+    @property
+    def source(self) -> torch.Tensor:
+        """Old name of :attr:`source_rows`."""
+        return self.source_rows
 
     def detach(self) -> "MosaicResult":
         return replace(self, **{f.name: _map(getattr(self, f.name), torch.Tensor.detach) for f in fields(self)})
@@ -268,18 +194,18 @@ class Matched:
     """Steps 1–4 of one batch (:func:`match_and_map`).
 
     Attributes:
-        query: float (B, J, 2) queries ``p`` in the S×S box.
+        pose2d: float (B, J, 2) queries ``p`` fitted into the S×S box.
         matches: int64 (B, J) virtual pool entries (-1 where not searched).
-        source: int64 (B, J) stored pool row of each match (row 0 where not searched: mask with
+        source_rows: int64 (B, J) stored pool row of each match (row 0 where not searched: mask with
             ``searched``).
         aligned: float (B, J, J, 2) ``q'``, each match's joints after the rigid map ``T`` (Eq. 2).
         query_from_stored: float (B, J, 2, 3) warp affines from stored-image pixels to the box.
         probability: float (B, J, S, S) probability maps (Eq. 5), zeros where not searched.
     """
 
-    query: torch.Tensor
+    pose2d: torch.Tensor
     matches: torch.Tensor
-    source: torch.Tensor
+    source_rows: torch.Tensor
     aligned: torch.Tensor
     query_from_stored: torch.Tensor
     probability: torch.Tensor
@@ -353,11 +279,11 @@ def mosaic_result(prepared: PreparedPool, matched: Matched, searched: torch.Tens
     ids = pool.ids.to(prepared.device)
     return MosaicResult(
         matches=matched.matches,
-        source=torch.where(searched, matched.source, -1),
+        source_rows=torch.where(searched, matched.source_rows, -1),
         mirrored=(matched.matches >= len(pool)) & searched,
-        source_ids=torch.where(searched, ids[matched.source], -1),
+        source_ids=torch.where(searched, ids[matched.source_rows], -1),
         searched=searched,
-        query=matched.query,
+        pose2d=matched.pose2d,
         aligned=matched.aligned,
         query_from_stored=matched.query_from_stored,
         probability=matched.probability,
@@ -368,7 +294,7 @@ def mosaic_result(prepared: PreparedPool, matched: Matched, searched: torch.Tens
 def warp_matched(
     prepared: PreparedPool,
     settings: MosaicSettings,
-    source: torch.Tensor,
+    source_rows: torch.Tensor,
     query_from_stored: torch.Tensor,
     searched: torch.Tensor,
     dtype: torch.dtype | None = None,
@@ -378,7 +304,7 @@ def warp_matched(
     Args:
         prepared: the pool.
         settings: ``size``, ``padding_mode`` and ``warp_chunk`` are used.
-        source: int64 (B, J) stored rows (negative rows read row 0 and are masked).
+        source_rows: int64 (B, J) stored rows (negative rows read row 0 and are masked).
         query_from_stored: float (B, J, 2, 3) warp affines.
         searched: bool (B, J).
         dtype: ``None``: float32 (or a float pool's dtype), masked in float32; else the output dtype,
@@ -390,7 +316,7 @@ def warp_matched(
     s = settings
     mask = searched[..., None, None, None].to(torch.float32 if dtype is None else dtype)
     return warp_gather(
-        prepared.pool.images, source.clamp_min(0), query_from_stored, (s.size, s.size),
+        prepared.pool.images, source_rows.clamp_min(0), query_from_stored, (s.size, s.size),
         padding_mode=s.padding_mode, chunk=s.warp_chunk, dtype=dtype,
     ) * mask
 
@@ -415,7 +341,7 @@ def synthesise_hard(
     searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
     num_j = query.shape[1]
     mt = match_and_map(query, searched, s, prepared)
-    p, source, query_from_stored, prob = mt.query, mt.source, mt.query_from_stored, mt.probability
+    p, source, query_from_stored, prob = mt.pose2d, mt.source_rows, mt.query_from_stored, mt.probability
     images_pool = prepared.pool.images
 
     # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse

@@ -448,9 +448,9 @@ def test_pool_and_mocap_kind_path(tmp_path, pool_kind, mocap_kind):
             *[a for o in _opts(pool_opts) for a in ("--pool-option", o)],
             *[a for o in _opts(mocap_opts) for a in ("--mocap-option", o)]]
     args = build_parser().parse_args(argv)
-    from gpumosaic.cli import _sources
+    from gpumosaic.cli import sources_from_args
 
-    pool, mocap = _sources(args, torch.device("cpu"))
+    pool, mocap = sources_from_args(args, torch.device("cpu"))
     assert len(pool) == n and len(mocap) == m and pool.skeleton is LSP14 and mocap.skeleton is LSP14
     assert torch.isfinite(pool.joints).all() and torch.isfinite(mocap.poses).all()
     ref_pool = load_pool(pool_kind, pool_path, **pool_opts)
