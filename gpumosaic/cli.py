@@ -3,7 +3,7 @@
 ``gpumosaic generate --n N --out DIR``: N mosaics with their annotations; ``gpumosaic preview --out FIG.png``:
 the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
-fetch and build the real default data (:mod:`gpumosaic.sources.real`).
+fetch and build the real default data (:mod:`gpumosaic.prepare`).
 
 Sources: ``--pool KIND:PATH`` and ``--mocap KIND:PATH`` pick the 2D pool and the 3D mocap (KIND one of
 :data:`~gpumosaic.sources.build.POOL_KINDS` / :data:`~gpumosaic.sources.build.MOCAP_KINDS`, or ``demo`` /
@@ -149,7 +149,8 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
     A missing spec takes the default source (:func:`default_source`); falling back to the demo data prints a
     one-line notice through ``notice`` (default: stderr).
     """
-    from .sources.build import MOCAP_KINDS, POOL_KINDS, load_mocap, load_pool
+    from .pools import load_pool
+    from .sources.build import MOCAP_KINDS, POOL_KINDS, load_mocap
     from .sources.demo import load_demo_mocap, load_demo_pool
     from .sources.real import load_real_mocap, load_real_pool
 
@@ -303,8 +304,9 @@ def export(args) -> int:
 
 
 def data(args) -> int:
-    """``gpumosaic data prepare``: see :func:`gpumosaic.sources.real.prepare`."""
-    from .sources.real import HashMismatchError, prepare
+    """``gpumosaic data prepare``: see :func:`gpumosaic.prepare.prepare`."""
+    from .prepare import prepare
+    from .sources.real import HashMismatchError
 
     try:
         report = prepare(args.cache, force=args.force, quiet=args.quiet, device=_device(args.device))

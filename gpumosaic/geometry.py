@@ -26,6 +26,9 @@ __all__ = [
     "compose_affine",
     "invert_affine",
     "mirror_affine",
+    "rotation_x",
+    "rotation_y",
+    "rotation_z",
 ]
 
 
@@ -248,3 +251,21 @@ def invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
 def mirror_affine(width: int, like: torch.Tensor) -> torch.Tensor:
     """The horizontal flip ``x -> (W - 1) - x`` of a W-wide image as a (2, 3) affine (pixel centres)."""
     return torch.tensor([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0]], dtype=like.dtype, device=like.device)
+
+
+def rotation_x(angle: torch.Tensor) -> torch.Tensor:
+    """3D rotations (..., 3, 3) by ``angle`` (...) radians about ``+x`` (right-handed, counter-clockwise)."""
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([o, z, z, z, c, -s, z, s, c], -1).unflatten(-1, (3, 3))
+
+
+def rotation_y(angle: torch.Tensor) -> torch.Tensor:
+    """3D rotations (..., 3, 3) by ``angle`` (...) radians about ``+y`` (right-handed, counter-clockwise)."""
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([c, z, s, z, o, z, -s, z, c], -1).unflatten(-1, (3, 3))
+
+
+def rotation_z(angle: torch.Tensor) -> torch.Tensor:
+    """3D rotations (..., 3, 3) by ``angle`` (...) radians about ``+z`` (right-handed, counter-clockwise)."""
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], -1).unflatten(-1, (3, 3))
