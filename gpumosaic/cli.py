@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--predictions", type=Path, help="predictions file (JSON Lines, one record per test entry)")
     ev.add_argument("--classes", type=Path, default=None,
                     help="pose classes (.npz of PoseClasses.save) for the class lower bound with --predictions")
+    ev.add_argument("--classes-box", type=int, default=220,
+                    help="side of the box the --classes mean 2D poses are in (margin 10 %%; default 220)")
     ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
     ev.add_argument("--device", default="auto")
@@ -301,6 +303,7 @@ def export(args) -> int:
     from .engine import MosaicEngine
     from .export import export_shards
     from .settings import ViewSettings
+    from .shardfile import ExportLockedError
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
@@ -323,7 +326,7 @@ def export(args) -> int:
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
             )
-        except ValueError as err:
+        except (ValueError, ExportLockedError) as err:
             raise SystemExit(f"error: {err}") from None
     finally:
         if created:
@@ -377,11 +380,12 @@ def evaluate(args) -> int:
         else:
             preds = load_predictions(args.predictions, test)
         if args.classes is not None:
-            classes = PoseClasses.load(args.classes)
+            classes, box = PoseClasses.load(args.classes), (args.classes_box, None)
         report = evaluate_predictions(test, preds, classes, box, n_boot=args.n_boot, level=args.level)
     except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None
     print(report.table())
+    print(report.joint_table())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report.as_dict(), indent=1))
@@ -392,7 +396,7 @@ def evaluate(args) -> int:
 def predict(args) -> int:
     """``gpumosaic predict``: see :mod:`gpumosaic.predict`."""
     from .checkpoint import load_inference_checkpoint
-    from .predict import draw_prediction, predict_image, prediction_record, read_image, write_json
+    from .predict import draw_prediction, dumps, predict_image, prediction_record, read_image, write_json
 
     try:
         image = read_image(args.image)
@@ -406,7 +410,7 @@ def predict(args) -> int:
         write_json(record, args.json)
         print(f"wrote {args.json}")
     else:
-        print(json.dumps(record, indent=1))
+        print(dumps(record))
     if args.overlay:
         draw_prediction(image, result, ckpt, args.overlay)
         print(f"wrote {args.overlay}")
