@@ -1,7 +1,7 @@
 """Run the evaluation protocols on a test set: predictions -> report (``gpumosaic evaluate``'s engine).
 
 * :func:`predict_test_set`: crop every test person into the network box exactly as the protocol does (the
-  :func:`~gpumosaic.geometry.fit_to_box` square of its ground-truth joints, :func:`~gpumosaic.sources.build.build_pool`)
+  :func:`~gpumosaic.geometry.fit_to_box` square of its ground-truth joints, :func:`~gpumosaic.pools.build_pool`)
   and run a checkpoint; poses mapped back to image pixels.
 * :func:`evaluate_predictions`: every metric of :mod:`gpumosaic.evaluate` on those (or any) predictions,
   with bootstrap intervals over the test set's instants, per-joint tables and the class lower bounds:
@@ -117,7 +117,7 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
     """
     from tqdm import tqdm
 
-    from .sources.build import build_pool
+    from .pools import build_pool
 
     if test.skeleton.name != checkpoint.skeleton:
         raise ValueError(f"Test set skeleton {test.skeleton.name} differs from the checkpoint's {checkpoint.skeleton}")
