@@ -61,9 +61,15 @@ Usage
             for batch in loader:
                 loss = F.cross_entropy(net(batch["image"]), batch["label"])
 
-    On CPU, ``num_workers > 0`` gives each worker its own disjoint stream (``batch_size=None``: the
-    dataset already batches). Call ``set_epoch`` before creating the iterator; with
-    ``persistent_workers=True`` the workers keep the epoch they started with. Under
+    On CPU, ``num_workers > 0`` gives each worker its own disjoint stream. Always pass ``batch_size=None``
+    to the ``DataLoader``: the dataset already batches, and the default ``batch_size=1`` would wrap every
+    batch once more into (1, B, ...); that is refused with a ``TypeError`` saying so. Call ``set_epoch``
+    before creating each epoch's iterator: the epoch lives in shared memory, so DataLoader workers see it
+    even with ``persistent_workers=True`` (they re-read it when the next epoch's iterator starts). Iterating
+    one epoch twice (``set_epoch`` forgotten) warns with :class:`EpochRepeatWarning`. ``len(ds)`` (and so
+    ``len(loader)``) is the number of batches one rank yields per epoch with the ``num_workers`` given at
+    construction (default 0); a DataLoader with another worker count warns, since the count depends on it
+    (each worker's last batch may be short). Under
     ``torch.distributed`` every rank builds the dataset after ``init_process_group`` (or passes ``rank`` /
     ``world_size``); pass ``drop_last=True`` or ``batches_per_epoch`` so that all ranks yield the same
     number of batches.
@@ -74,12 +80,14 @@ Shape glossary: B batch, J joints, M mocap poses, V views per pose, N pool image
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from ._check import unchecked
 from .camera import _render, _torso_centre, check_view_ranges
@@ -94,6 +102,7 @@ __all__ = [
     "shard_info",
     "view_angles",
     "epoch_permutation",
+    "EpochRepeatWarning",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -314,6 +323,25 @@ def shard_info(rank: int | None = None, world_size: int | None = None) -> ShardI
 # --------------------------------------------------------------------------------------------------------
 
 
+class EpochRepeatWarning(UserWarning):
+    """An :class:`OnlineMosaicDataset` epoch was iterated again (``set_epoch`` not called in between)."""
+
+
+class _Batch(dict):
+    """A yielded batch: a plain ``dict`` of tensors whose own type lets a DataLoader that batches it again
+    (``batch_size`` not ``None``) fail with a clear message instead of returning (1, B, ...) tensors."""
+
+
+def _refuse_collate(batch, *, collate_fn_map=None):
+    raise TypeError(f"OnlineMosaicDataset yields whole batches: create the DataLoader with batch_size=None (this "
+                    f"DataLoader stacks {len(batch)} of them into one, e.g. the default batch_size=1 gives "
+                    f"(1, B, ...) tensors)")
+
+
+# torch's documented extension point of default_collate (see torch.utils.data._utils.collate.collate).
+default_collate_fn_map[_Batch] = _refuse_collate
+
+
 class OnlineMosaicDataset(IterableDataset):
     """Ready batches of mosaics for the (pose, view) pairs of an epoch (see the module docstring).
 
@@ -338,6 +366,8 @@ class OnlineMosaicDataset(IterableDataset):
         rank, world_size: explicit distributed position; both ``None``: from ``torch.distributed`` if it is
             initialised now, else a single process.
         drop_last: drop each stream's last incomplete batch.
+        num_workers: the DataLoader's ``num_workers`` this dataset will be loaded with; used only by
+            ``len()`` (a different count at iteration time warns).
         azimuth_range, elevation_range: camera angle ranges in degrees (paper: (0, 360), (-45, 45)).
         distance: camera distance to the torso centre in metres (> every joint's distance from it).
         focal: focal length in pixels (perspective strength; ``fit_to_box`` removes the scale).
@@ -369,6 +399,7 @@ class OnlineMosaicDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool = False,
+        num_workers: int = 0,
         azimuth_range: Sequence[float] = (0.0, 360.0),
         elevation_range: Sequence[float] = (-45.0, 45.0),
         distance: float = 5.0,
@@ -445,7 +476,12 @@ class OnlineMosaicDataset(IterableDataset):
         self.focal = float(focal)
         self.limb_radius = float(limb_radius)
         self.occlusion_margin = float(occlusion_margin)
-        self.epoch = 0
+        if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"Expected num_workers to be a non-negative integer, got {num_workers!r}")
+        self.num_workers = int(num_workers)
+        # [epoch, last epoch whose iteration started + 1] in shared memory: DataLoader workers (forked or
+        # spawned; persistent or not) read the epoch set in the main process when their iterator starts.
+        self._epoch_cell = torch.zeros(2, dtype=torch.int64).share_memory_()
 
     # -- sample space ------------------------------------------------------------------------------------
 
@@ -459,9 +495,24 @@ class OnlineMosaicDataset(IterableDataset):
         """S, the side of the generated images."""
         return self.engine.settings.size
 
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iterator follows (shared with DataLoader workers)."""
+        return int(self._epoch_cell[0])
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch_cell[0] = _check_seed(epoch, "epoch")
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose permutation the next iterator follows."""
-        self.epoch = _check_seed(epoch, "epoch")
+        """Choose the epoch whose permutation the next iterator follows (also in DataLoader workers, persistent
+        ones included: the value lives in shared memory)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches (synthetic and real) one rank yields per epoch with the ``num_workers`` given at
+        construction (:meth:`num_batches`)."""
+        return self.num_batches(self.num_workers)
 
     def shard(self, worker: int | None = None, num_workers: int | None = None) -> ShardInfo:
         """This rank's :class:`ShardInfo` for a worker (default: the calling DataLoader worker, if any)."""
@@ -579,6 +630,17 @@ class OnlineMosaicDataset(IterableDataset):
                 f"Expected num_workers=0 for a dataset on {self.device} (generation runs on the device in "
                 f"the main process), got a DataLoader worker"
             )
+        epoch = self.epoch
+        if shard.worker == 0:  # one stream per rank checks: warn once per repeated epoch
+            if int(self._epoch_cell[1]) == epoch + 1:
+                warnings.warn(f"OnlineMosaicDataset: epoch {epoch} is iterated again, with the same order and "
+                              f"cameras as before; call set_epoch(epoch) before each epoch", EpochRepeatWarning,
+                              stacklevel=2)
+            self._epoch_cell[1] = epoch + 1
+            if shard.num_workers != max(self.num_workers, 1):
+                warnings.warn(f"OnlineMosaicDataset was built with num_workers={self.num_workers} but is loaded "
+                              f"with {shard.num_workers if get_worker_info() else 0}: len() assumed the former "
+                              f"and may be off; pass num_workers= to the dataset too", RuntimeWarning, stacklevel=2)
         batches = self.pair_batches(shard)
         real_perm = None
         if self.real_every:
@@ -588,9 +650,9 @@ class OnlineMosaicDataset(IterableDataset):
     def _stream(self, shard: ShardInfo, batches, real_perm) -> Iterator[dict[str, torch.Tensor]]:
         b = self.batch_size
         for i, pairs in enumerate(batches):
-            yield self.synthesise(pairs)
+            yield _Batch(self.synthesise(pairs))
             if self.real_every and (i + 1) % self.real_every == 0:
                 k = (i + 1) // self.real_every - 1  # this stream's k-th real batch
                 j = torch.arange(k * b, (k + 1) * b)
-                yield self.real_batch(real_perm[(shard.shard + shard.num_shards * j) % len(real_perm)])
+                yield _Batch(self.real_batch(real_perm[(shard.shard + shard.num_shards * j) % len(real_perm)]))
 

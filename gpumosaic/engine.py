@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ._check import check_finite, check_shape, unchecked
+from ._check import check_finite, check_shape, checks_enabled, unchecked
 from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
 from .geometry import align_rotation, apply_affine, compose_affine, fit_to_box, mirror_affine
 from .raster import interpolate_triangulated, skeleton_distance
@@ -279,15 +279,20 @@ class MosaicEngine:
             :class:`MosaicResult`.
         """
         del generator
-        query, searched = self._validate(query, occluded)
+        query, searched = self._validate(query, occluded, self.index.joints.dtype)
         query = query.to(dtype=self.index.joints.dtype)
         # Inputs are validated: the stages run without their own data-dependent checks (host syncs).
         with unchecked():
             return self._synthesise(query, searched)
 
-    def _validate(self, query: torch.Tensor, occluded: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _validate(self, query: torch.Tensor, occluded: torch.Tensor | None,
+                  compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Check a public call's ``query (B, J, 2)`` and ``occluded (B, J)``; return the query on the engine's
-        device (its dtype kept) and ``searched (B, J)``. May sync with the device (entry point only)."""
+        device (its dtype kept) and ``searched (B, J)``. May sync with the device (entry point only).
+
+        ``compute_dtype``: the dtype the stages will compute in (default the query's): finiteness and the
+        poses' spread are checked *after* the cast, so a finite float64 ``1e39`` (``inf`` in float32) or a
+        float32 ``3e38`` (whose spread overflows) is refused here rather than failing deep inside."""
         dims = check_shape(query, ["B", "J", "2"], name="query")
         if query.dim() != 3 or query.shape[1] != len(self.skeleton):
             raise ValueError(
@@ -296,7 +301,20 @@ class MosaicEngine:
             )
         if not query.is_floating_point():
             raise TypeError(f"Expected a floating-point query, got {query.dtype}")
+        if dims["B"] == 0:
+            raise ValueError(f"Expected at least one query pose (B >= 1), got an empty batch of shape "
+                             f"{tuple(query.shape)}")
         check_finite(query, "query")
+        if checks_enabled():
+            dtype = compute_dtype or query.dtype
+            cast = query.to(dtype)
+            if not bool(torch.isfinite(cast).all()):
+                raise ValueError(f"Expected query values within the range of {dtype} (the engine computes in it), "
+                                 f"got max |x| = {float(query.abs().max()):.3g}")
+            lo, hi = cast.amin(dim=1), cast.amax(dim=1)  # what fit_to_box adds and subtracts
+            if not bool(torch.isfinite(torch.cat([hi - lo, hi + lo])).all()):
+                raise ValueError(f"Expected query poses whose extent (max - min, max + min per axis) fits in {dtype}, "
+                                 f"got coordinates up to |x| = {float(query.abs().max()):.3g}; scale the poses down")
         query = query.to(device=self.device)
         if occluded is None:
             return query, torch.ones(query.shape[:2], dtype=torch.bool, device=self.device)
