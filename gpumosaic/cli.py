@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
     exp.add_argument("--size", type=int, default=220,
                      help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
+    exp.add_argument("--classes", type=Path, default=None,
+                     help="pose classes (.npz of PoseClasses.save): adds each sample's .cls member and class field")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(exp)
 
@@ -431,10 +433,15 @@ def export(args) -> int:
         pool, mocap = sources_from_args(args, device)
         try:
             engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device)
+            classes = None
+            if args.classes is not None:
+                from .classes import PoseClasses
+
+                classes = PoseClasses.load(args.classes, device=device)
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
                 image_format=args.format, jpeg_quality=args.jpeg_quality,
-                views=ViewSettings(views_per_pose=args.views_per_pose),
+                views=ViewSettings(views_per_pose=args.views_per_pose), classes=classes,
                 progress=not args.quiet,
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
