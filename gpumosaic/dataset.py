@@ -62,7 +62,9 @@ Usage
                 loss = F.cross_entropy(net(batch["image"]), batch["label"])
 
     On CPU, ``num_workers > 0`` gives each worker its own disjoint stream (``batch_size=None``: the
-    dataset already batches). Call ``set_epoch`` before creating the iterator; with
+    dataset already batches). Each worker runs one torch thread (DataLoader's default); pass
+    ``worker_init_fn=gpumosaic.threads.WorkerThreads(n)`` for n (n > 1: spawned workers only), keeping
+    ``main threads + workers · n`` within the cores (:mod:`gpumosaic.threads`). Call ``set_epoch`` before creating the iterator; with
     ``persistent_workers=True`` the workers keep the epoch they started with. Under
     ``torch.distributed`` every rank builds the dataset after ``init_process_group`` (or passes ``rank`` /
     ``world_size``); pass ``drop_last=True`` or ``batches_per_epoch`` so that all ranks yield the same
