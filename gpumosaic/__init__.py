@@ -18,11 +18,18 @@ __version__ = "0.1.0"
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
-    "OnlineMosaicDataset": "dataset",
     "MosaicEngine": "engine",
-    "MosaicResult": "engine",
-    "MosaicSettings": "engine",
-    "DEFAULT_SIGMA": "engine",
+    "OnlineMosaicDataset": "dataset",
+    "MosaicResult": "synthesis",
+    "MosaicBatch": "batch",
+    "MosaicSettings": "settings",
+    "ViewSettings": "settings",
+    "DEFAULT_SIGMA": "settings",
+    "Cameras": "camera",
+    "ViewBatch": "camera",
+    "sample_views": "camera",
+    "view_angles": "camera",
+    "render_views": "camera",
     "Skeleton": "skeleton",
     "LSP14": "skeleton",
     "MPII16": "skeleton",
@@ -56,7 +63,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
+    from .batch import MosaicBatch
+    from .camera import Cameras, ViewBatch, render_views, sample_views, view_angles
     from .dataset import OnlineMosaicDataset
-    from .engine import DEFAULT_SIGMA, MosaicEngine, MosaicResult, MosaicSettings
+    from .engine import MosaicEngine
+    from .settings import DEFAULT_SIGMA, MosaicSettings, ViewSettings
     from .skeleton import H36M17, LSP14, MPII16, Skeleton
     from .sources import Mocap3D, Pool2D, load_demo_mocap, load_demo_pool
+    from .synthesis import MosaicResult

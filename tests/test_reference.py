@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpumosaic import LSP14, MosaicEngine, load_demo_mocap, load_demo_pool
+from gpumosaic import LSP14, MosaicEngine, MosaicSettings, load_demo_mocap, load_demo_pool
 from gpumosaic.camera import render_views, sample_views
 from gpumosaic.raster import skeleton_distance_reference
 from gpumosaic.reference import ReferenceEngine
@@ -98,9 +98,9 @@ def test_reference_distance_within_a_pixel_of_exact(data, reference):
 
 def test_zeros_padding_without_mirror_small_box(data):
     pool, query, _ = data
-    kw = dict(size=96, mirror=False, padding_mode="zeros", alpha=4.0, beta=0.5)
-    res = MosaicEngine(pool.subset(slice(0, 12)), LSP14, **kw)(query[:2])
-    refs = ReferenceEngine(pool.subset(slice(0, 12)), LSP14, **kw).batch(query[:2].numpy())
+    settings = MosaicSettings(size=96, mirror=False, padding_mode="zeros", alpha=4.0, beta=0.5)
+    res = MosaicEngine(pool.subset(slice(0, 12)), LSP14, settings)(query[:2])
+    refs = ReferenceEngine(pool.subset(slice(0, 12)), LSP14, settings).batch(query[:2].numpy())
     for b, r in enumerate(refs):
         np.testing.assert_array_equal(res.matches[b].numpy(), r.matches)
         assert (r.matches < 12).all()
@@ -114,6 +114,6 @@ def test_zeros_padding_without_mirror_small_box(data):
 def test_reference_rejects_bad_input(data):
     pool = data[0]
     with pytest.raises(ValueError, match="padding_mode"):
-        ReferenceEngine(pool, LSP14, padding_mode="reflect")
+        ReferenceEngine(pool, LSP14, MosaicSettings(padding_mode="reflect"))
     with pytest.raises(ValueError, match="query of shape"):
         ReferenceEngine(pool, LSP14)(np.zeros((13, 2)))

@@ -1,6 +1,7 @@
 """Thread settings (issue 14): the choice of the thread count, the wait policy set before torch loads (read
 back from libgomp itself), ``--threads`` on every computing command, and threads inside DataLoader workers."""
 
+import dataclasses
 import math
 import os
 import re
@@ -186,12 +187,11 @@ def test_main_applies_threads(tmp_path, monkeypatch):
 
 
 class _ThreadReportingDataset(OnlineMosaicDataset):
-    """Adds the generating process's torch thread count to each batch."""
+    """Reports the generating process's torch thread count in each batch's ``label`` (no classes here)."""
 
     def synthesise(self, pair_index):
         batch = super().synthesise(pair_index)
-        batch["threads"] = torch.full_like(batch["pair_index"], torch.get_num_threads())
-        return batch
+        return dataclasses.replace(batch, label=torch.full_like(batch.label, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_threads_inside_forked_dataloader_workers(small_dataset, per_worker):
     batches = list(loader)
     assert len(batches) == 2  # one per worker: 4 pairs in batches of 2
     # Without worker_init_fn torch's DataLoader runs one thread per worker (documented in gpumosaic.threads).
-    assert all(b["threads"].tolist() == [1, 1] for b in batches)
+    assert all(b.label.tolist() == [1, 1] for b in batches)
     assert torch.get_num_threads() == before  # the main process is untouched
 
 
@@ -228,4 +228,4 @@ def test_threads_inside_spawned_dataloader_worker(small_dataset):
                         multiprocessing_context="spawn")
     batches = list(loader)
     assert len(batches) == 2
-    assert all(b["threads"].tolist() == [2, 2] for b in batches)
+    assert all(b.label.tolist() == [2, 2] for b in batches)
