@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def main() -> None:
     fixed_counts = args.threads or list(range(1, available_cores() + 1))
     fixed = [f"threads={n}" for n in fixed_counts]
     conditions = ["old", "new", *fixed]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the competitors
     competitors = start_competitors(args.competitors, cores)
     runs = []
     t_start = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gpumosaic import Mocap3D, load_demo_mocap, load_demo_pool
+from gpumosaic import Mocap3D, MosaicSettings, ViewSettings, load_demo_mocap, load_demo_pool
 from gpumosaic.cli import build_parser, main
 from gpumosaic.dataset import OnlineMosaicDataset
 from gpumosaic.threads import (
@@ -199,7 +199,8 @@ def small_dataset():
     pool = load_demo_pool().subset(slice(0, 20))
     mocap = load_demo_mocap()
     mocap = Mocap3D(mocap.poses[:2].clone(), mocap.skeleton, mocap.ids[:2].clone())
-    return _ThreadReportingDataset(pool, mocap, batch_size=2, views_per_pose=2, engine={"size": 32})
+    return _ThreadReportingDataset(pool, mocap, batch_size=2, views=ViewSettings(views_per_pose=2),
+                                   engine=MosaicSettings(size=32))
 
 
 @pytest.mark.parametrize("per_worker", [None, 1])
