@@ -212,6 +212,31 @@ def main() -> None:
     competitors = start_competitors(args.competitors, cores)
     runs = []
     t_start = time.perf_counter()
+    now = _dt.datetime.now(_dt.timezone.utc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"contention_cpu_{now.strftime('%Y%m%d-%H%M%S')}.json"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+
+    def write(complete: bool) -> dict:
+        """The JSON so far (rewritten after every run, so that a stopped run keeps what it measured)."""
+        done = {r["condition"] for r in runs}
+        summary = summarise(runs, [c for c in conditions if c in done], [c for c in fixed if c in done]) \
+            if {"new"} <= done else None
+        loads = [r["loadavg_before"][0] for r in runs] or [float("nan")]
+        path.write_text(json.dumps({
+            "benchmark": "contention", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "date": now.isoformat(timespec="seconds"), "git_commit": commit or None,
+            "python": platform.python_version(), "cpu_count": os.cpu_count(), "affinity": cores,
+            "niceness": os.nice(0), "complete": complete, "rounds_done": len(runs) / len(conditions),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
+            "conditions": conditions, "wall_s": time.perf_counter() - t_start, "runs": runs, "summary": summary,
+            "loadavg_before_runs": {"median": statistics.median(loads), "min": min(loads), "max": max(loads)},
+        }, indent=1))
+        return summary
+
     try:
         time.sleep(1.0)
         for r in range(args.rounds):
@@ -220,13 +245,14 @@ def main() -> None:
                 rec = run_condition(c, args)
                 rec["round"] = r
                 runs.append(rec)
+                write(complete=False)
                 print(f"round {r} {c:>10}: {rec['mosaics_per_s']:6.2f} mosaics/s  threads {rec['torch_threads']}  "
                       f"cpu/wall {rec['cpu_per_wall']:.2f}  load {rec['loadavg_before'][0]:.2f}", flush=True)
     finally:
         for proc in competitors:
             proc.kill()
             proc.wait()
-    summary = summarise(runs, conditions, fixed)
+    summary = write(complete=True)
     print(f"\n{'condition':>10} {'median':>8} {'mean [95% CI]':>22} {'cpu/wall':>9}   (mosaics/s)")
     for c, s in summary["conditions"].items():
         print(f"{c:>10} {s['median']:8.2f} {s['mean']:8.2f} [{s['ci95'][0]:5.2f}, {s['ci95'][1]:5.2f}] "
@@ -237,23 +263,7 @@ def main() -> None:
     loads = [r["loadavg_before"][0] for r in runs]
     print(f"1-min load average before the runs: median {statistics.median(loads):.2f}, "
           f"range {min(loads):.2f}-{max(loads):.2f} ({os.cpu_count()} cores, {args.competitors} competitor(s))")
-
-    now = _dt.datetime.now(_dt.timezone.utc)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"contention_cpu_{now.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({
-        "benchmark": "contention", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": now.isoformat(timespec="seconds"), "git_commit": commit, "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "affinity": cores, "niceness": os.nice(0),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
-        "conditions": conditions, "wall_s": time.perf_counter() - t_start, "runs": runs, "summary": summary,
-        "loadavg_before_runs": {"median": statistics.median(loads), "min": min(loads), "max": max(loads)},
-    }, indent=1))
-    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
