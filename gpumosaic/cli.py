@@ -13,6 +13,9 @@ Sources: ``--pool KIND:PATH`` and ``--mocap KIND:PATH`` pick the 2D pool and the
 cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`` pass loader keywords. Without
 them the prepared real data is used when its cache is ready, else the embedded synthetic demo data (with a
 one-line notice).
+
+Threads: every command that computes takes ``--threads N``; the default is the cores this process may use,
+with ``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported (see :mod:`gpumosaic.threads`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+from . import threads as _threads
+
+# Before torch is imported: libgomp reads OMP_WAIT_POLICY once, when torch loads it (gpumosaic.threads).
+_threads.prefer_passive_wait()
+
+import torch  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -225,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
     pr.add_argument("--overlay", type=Path, default=None, help="write the overlay picture here (.png)")
     pr.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    _threads.add_threads_option(sub, exclude=("data",))  # every command that computes, new ones included
     return parser
 
 
@@ -539,6 +548,11 @@ def predict(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):  # the commands that compute (not `data`): torch's threads for this process
+        try:
+            _threads.configure_threads(args.threads)
+        except ValueError as err:  # e.g. OMP_NUM_THREADS=abc
+            raise SystemExit(f"error: {err}") from None
     with _clean_warnings():
         try:
             return _run(args)

@@ -65,7 +65,9 @@ Usage
     twice (``set_epoch`` forgotten) warns with :class:`EpochRepeatWarning`. ``len(ds)`` (and so
     ``len(loader)``) is the number of batches one rank yields per epoch with the ``num_workers`` given at
     construction (default 0); a DataLoader with another worker count warns, since the count depends on it
-    (each worker's last batch may be short). Under
+    (each worker's last batch may be short). Each worker runs one torch thread (DataLoader's default); pass
+    ``worker_init_fn=gpumosaic.threads.WorkerThreads(n)`` for n (n > 1: spawned workers only), keeping
+    ``main threads + workers · n`` within the cores (:mod:`gpumosaic.threads`). Under
     ``torch.distributed`` every rank builds the dataset after ``init_process_group`` (or passes ``rank`` /
     ``world_size``); pass ``drop_last=True`` or ``batches_per_epoch`` so that all ranks yield the same
     number of batches.
