@@ -24,14 +24,14 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ._check import check_finite, check_shape, unchecked
-from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
+from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
 from .geometry import align_rotation, apply_affine, compose_affine, fit_to_box, mirror_affine
 from .raster import interpolate_triangulated, skeleton_distance
 from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
 from .skeleton import LSP14, Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
-from .warp import warp_blend_sparse, warp_gather
+from .warp import source_inside, warp_blend_sparse, warp_gather
 
 __all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA"]
 
@@ -57,6 +57,10 @@ class MosaicSettings:
         padding_mode: how warps sample outside the stored image: ``"border"`` (replicate, default) or
             ``"zeros"``.
         blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
+        mask_outside: beyond the paper (issue 13): a match whose warp samples outside its stored image (pure
+            padding) never wins a pixel that another match fills with real content, and is left out of the
+            blend there (:func:`~gpumosaic.warp.source_inside`, ``index_map(valid=)``, ``mask_weights``).
+            Hard mode only.
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
         retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
         soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
@@ -81,6 +85,7 @@ class MosaicSettings:
     mirror: bool = True
     padding_mode: str = "border"
     blend: bool = True
+    mask_outside: bool = False
     warp_chunk: int = 256
     retrieval_budget: int = 256 << 20
     soft: bool = False
@@ -100,6 +105,8 @@ class MosaicSettings:
             raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
         if self.warps not in ("auto", "dense", "sparse"):
             raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
+        if self.mask_outside and self.soft:
+            raise ValueError("Expected mask_outside=False in soft mode (it is a hard-mode option)")
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
 
@@ -176,7 +183,7 @@ class MosaicEngine:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`); uint8 images stay uint8 on the
             device; float images in [0, 1] make the mosaics differentiable with respect to them.
         skeleton: the joint layout of queries and pool (default ``LSP14``); must match ``pool.skeleton``.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, soft, temperature, warps: see
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, soft, temperature, warps: see
             :class:`MosaicSettings`.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         settings: a full :class:`MosaicSettings` instead of the keyword arguments above.
@@ -204,6 +211,7 @@ class MosaicEngine:
         mirror: bool = True,
         padding_mode: str = "border",
         blend: bool = True,
+        mask_outside: bool = False,
         soft: bool = False,
         temperature: float = 1.0,
         warps: str = "auto",
@@ -216,7 +224,7 @@ class MosaicEngine:
             raise ValueError(f"Pool skeleton {pool.skeleton.name} differs from engine skeleton {skeleton.name}")
         self.settings = settings or MosaicSettings(
             size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
-            padding_mode=padding_mode, blend=blend, soft=soft, temperature=temperature,
+            padding_mode=padding_mode, blend=blend, mask_outside=mask_outside, soft=soft, temperature=temperature,
             warps=warps,
         )
         self.skeleton = skeleton
@@ -380,8 +388,11 @@ class MosaicEngine:
         sparse = s.warps == "sparse" or (s.warps == "auto" and self.device.type == "cpu")
         warped = None if sparse else self._warp(source, query_from_stored, searched)  # (B, J, 3, S, S)
 
-        # 5. Index map and copy-paste mosaic (Eq. 5-6).
-        index = index_map(prob, searched)
+        # 5. Index map and copy-paste mosaic (Eq. 5-6); optionally padding never beats real content.
+        valid = None
+        if s.mask_outside:
+            valid = source_inside(query_from_stored, self.pool.image_size, (s.size, s.size), dtype=prob.dtype)
+        index = index_map(prob, searched, valid)
         unblended = None if sparse else mosaic_from_index(warped, index)
 
         # 6. Pose-aware blending (Eq. 7-9).
@@ -390,6 +401,8 @@ class MosaicEngine:
             distance = skeleton_distance(p, self.skeleton, (s.size, s.size))
             half = window_half_width(distance, s.alpha, s.beta)
             weights = window_weights(index, num_j, half)
+            if valid is not None:
+                weights = mask_weights(weights, valid)
             if sparse:  # every window holds its own pixel: the copy-paste samples are among the blend's
                 images, unblended = warp_blend_sparse(
                     self.pool.images, source, query_from_stored, weights, s.padding_mode, index_map=index

@@ -30,6 +30,7 @@ __all__ = [
     "warp_images",
     "warp_gather",
     "warp_points",
+    "source_inside",
     "compose_affine",
     "invert_affine",
 ]
@@ -76,6 +77,59 @@ def warp_points_reference(points: torch.Tensor, dst_from_src: torch.Tensor) -> t
             flat_o[b, p, 0] = float(m[0, 0]) * x + float(m[0, 1]) * y + float(m[0, 2])
             flat_o[b, p, 1] = float(m[1, 0]) * x + float(m[1, 1]) * y + float(m[1, 2])
     return out
+
+
+def source_inside(
+    dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int], *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Which destination pixels sample *inside* the source image (not its padding).
+
+    Destination pixel ``(v, u)`` samples the source at ``(x, y) = src_from_dst @ (u, v, 1)``; it is inside
+    when ``-0.5 <= x <= Ws - 0.5`` and ``-0.5 <= y <= Hs - 0.5``, i.e. within the area of the source's pixels
+    (a bilinear sample there is made of the image's own pixels, with at most the half-pixel edge replicated).
+    Outside, the value is pure padding (a replicated border streak or zeros).
+
+    Args:
+        dst_from_src: ``(..., 2, 3)`` float affine maps from source pixels to destination pixels.
+        src_size: the source ``(Hs, Ws)``.
+        size: the destination ``(H, W)``.
+        dtype: the dtype in which the source positions are computed.
+
+    Returns:
+        ``(..., H, W)`` bool.
+
+    Convention:
+        as :func:`warp_images`: pixels ``(x, y)`` = (column, row), centres at integers, ``dst = A @ src + t``.
+    """
+    check_shape(dst_from_src, ["*", "2", "3"], name="dst_from_src")
+    src_h, src_w = _validate_size(src_size)
+    height, width = _validate_size(size)
+    lead = dst_from_src.shape[:-2]
+    src_from_dst = _invert_affine(dst_from_src.reshape(-1, 2, 3).to(dtype))
+    u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
+    v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
+    inside = None
+    for row, extent in ((0, src_w), (1, src_h)):
+        a, b, c = (src_from_dst[:, row, k, None, None] for k in range(3))
+        coord = torch.addcmul(torch.addcmul(c, a, u), b, v)  # (n, H, W)
+        ok = (coord >= -0.5) & (coord <= extent - 0.5)
+        inside = ok if inside is None else inside & ok
+    return inside.reshape(*lead, height, width)
+
+
+def source_inside_reference(dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """Plain-loop twin of :func:`source_inside` in float64 (tests only)."""
+    src_h, src_w = src_size
+    height, width = size
+    flat = dst_from_src.reshape(-1, 2, 3).double().cpu()
+    out = torch.zeros(flat.shape[0], height, width, dtype=torch.bool)
+    for n in range(flat.shape[0]):
+        inv = torch.linalg.inv(torch.cat([flat[n], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]))
+        for v in range(height):
+            for u in range(width):
+                x, y, _ = (inv @ torch.tensor([u, v, 1.0], dtype=torch.float64)).tolist()
+                out[n, v, u] = -0.5 <= x <= src_w - 0.5 and -0.5 <= y <= src_h - 0.5
+    return out.reshape(*dst_from_src.shape[:-2], height, width)
 
 
 # ---------------------------------------------------------------------------------------------------------
