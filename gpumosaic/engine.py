@@ -87,7 +87,7 @@ class MosaicSettings:
     blend: bool = True
     mask_outside: bool = False
     warp_chunk: int = 256
-    retrieval_budget: int = 256 << 20
+    retrieval_budget: int = 4 << 20
     soft: bool = False
     temperature: float = 1.0
     warps: str = "auto"
