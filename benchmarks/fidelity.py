@@ -77,12 +77,16 @@ class _Frames:
 def load_pool(size: int = 160, margin: float | None = None, cache_dir: Path = Path("/tmp/gpumosaic-fidelity")) -> Pool2D:
     """The real pool at stored side ``size`` with crop margin ``margin`` px (None: 10 % of size).
 
-    ``(160, None)`` is the prepared default (``load_real_pool``); other variants are cropped from the same
-    frames and labels with :func:`gpumosaic.sources.build.build_pool` and cached under ``cache_dir``.
+    The prepared real pool (``load_real_pool``) when it was built with this size and margin; other variants
+    are cropped from the same frames and labels with :func:`gpumosaic.sources.build.build_pool` and cached
+    under ``cache_dir``.
     """
-    from gpumosaic.sources.real import load_real_pool
+    from gpumosaic.sources.real import load_real_pool, read_real_meta
 
-    if size == 160 and margin is None:
+    meta = read_real_meta()["pool"]
+    built = meta["image_size"][0]
+    built_margin = (meta.get("margin_fraction") or 0.1) * built
+    if built == size and abs(built_margin - (0.1 * size if margin is None else margin)) < 1e-6:
         return load_real_pool()
     from gpumosaic.sources.build import Annotations2D, build_pool
     from gpumosaic.sources.real import default_cache_dir, load_pose2sim_annotations, load_sports2d_annotations
@@ -125,9 +129,19 @@ class Config:
     engine: dict = field(default_factory=dict)
 
 
-CONFIGS = {
-    "paper": Config("paper"),
-}
+def _configs() -> dict[str, Config]:
+    from gpumosaic.engine import PAPER
+    from gpumosaic.sources.real import POOL_MARGIN, POOL_SIZE
+
+    return {
+        # the paper's blending and the original pool (160-px crops, 10 % margin)
+        "paper": Config("paper", 160, None, dict(PAPER)),
+        # the defaults chosen by this benchmark: the engine's defaults and the real pool's stored size / margin
+        "default": Config("default", POOL_SIZE, POOL_MARGIN * POOL_SIZE, {}),
+    }
+
+
+CONFIGS = _configs()
 """Named configurations (the sweep adds its own with --config NAME:JSON)."""
 
 
@@ -157,7 +171,8 @@ def make_queries(kind: str, pool: Pool2D, mocap, n: int, seed: int):
         pose_idx = torch.randint(len(mocap), (n,), generator=g)
         azimuth, elevation = sample_views(n, 1, generator=g)
         views = render_views(mocap.poses[pose_idx], mocap.skeleton, azimuth, elevation)
-        return views.pose2d[:, 0], views.occluded[:, 0], pool, {}
+        info = {"mocap_ids": mocap.ids[pose_idx].tolist(), "elevation": elevation[:, 0].tolist()}
+        return views.pose2d[:, 0], views.occluded[:, 0], pool, info
     raise ValueError(f"Unknown set {kind!r}; expected one of {SETS}")
 
 
@@ -166,6 +181,12 @@ def _seams(res) -> torch.Tensor:
     src = res.source * 2 + res.mirrored.long()
     img = torch.gather(src, 1, res.index_map.flatten(1)).view_as(res.index_map)
     return ((img[:, 1:] != img[:, :-1]).flatten(1).sum(1) + (img[:, :, 1:] != img[:, :, :-1]).flatten(1).sum(1))
+
+
+def _index_seams(res) -> torch.Tensor:
+    """(B,) 4-neighbour pixel pairs with different index-map joints (each joint has its own warp)."""
+    idx = res.index_map
+    return (idx[:, 1:] != idx[:, :-1]).flatten(1).sum(1) + (idx[:, :, 1:] != idx[:, :, :-1]).flatten(1).sum(1)
 
 
 def _sources(res) -> torch.Tensor:
@@ -201,6 +222,8 @@ def run_set(kind: str, config: Config, pool: Pool2D, mocap, n: int, seed: int, p
     seams = torch.cat([_seams(r) for r in chunks]).float()
     sources = torch.cat([_sources(r) for r in chunks]).float()
     out["seams"] = {"mean": float(seams.mean()), "std": float(seams.std())}
+    index_seams = torch.cat([_index_seams(r) for r in chunks]).float()
+    out["index_seams"] = {"mean": float(index_seams.mean()), "std": float(index_seams.std())}
     out["sources_per_mosaic"] = {"mean": float(sources.mean()), "std": float(sources.std())}
     if kind == "ceiling":
         rows = torch.tensor(info["rows"])
@@ -266,9 +289,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _save(payload: dict, name: str) -> Path:
+def _save(payload: dict, name: str, path: Path | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"fidelity_{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = path or RESULTS / f"fidelity_{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     slim = json.loads(json.dumps(payload))
     path.write_text(json.dumps(slim, indent=1))
     return path
@@ -313,6 +336,7 @@ def cmd_sets(args) -> int:
     mocap = load_real_mocap()
     configs = [_parse_config(c) for c in args.configs]
     rows = []
+    path = None
     for config in configs:
         pool = load_pool(config.size, config.margin)
         for kind in args.sets:
@@ -321,14 +345,36 @@ def cmd_sets(args) -> int:
                          if args.sheets and seed == args.seeds[0] else None)
                 row = run_set(kind, config, pool, mocap, args.n, seed, args.detector, sheet)
                 rows.append(row)
+                path = _save({"argv": sys.argv[1:], "rows": rows}, args.tag, path)  # after every row
                 b, c = row["blended"], row["copy_paste"]
                 print(f"{config.name:>14} {kind:>8} s{seed}: PCK blended {_fmt(b['pck'])} copy-paste {_fmt(c['pck'])}"
                       f" | detected {_fmt(b['detection_rate'])} / {_fmt(c['detection_rate'])}"
                       f" | diff {_fmt(row['blend_minus_copy_paste_pck'])}", flush=True)
     print(table(rows))
-    path = _save({"argv": sys.argv[1:], "rows": rows}, args.tag)
     print(f"-> {path}")
     return 0
+
+
+def cmd_report(args) -> int:
+    """Markdown tables of saved ``sets`` results (no detector needed)."""
+    rows = [r for f in args.files for r in json.loads(Path(f).read_text())["rows"]]
+    if args.compact:
+        print(compact_table(rows))
+    else:
+        print(table(rows))
+    return 0
+
+
+def compact_table(rows: list[dict]) -> str:
+    """One line per (config, set, seed): PCK and detection of both modes and their paired difference."""
+    lines = ["| config | set | seed | PCK blended | PCK copy-paste | blended − copy-paste | detected blended |"
+             " detected copy-paste | sources | source seams |", "|---|---|---:|---|---|---|---|---|---:|---:|"]
+    for r in rows:
+        b, c = r["blended"], r["copy_paste"]
+        lines.append(f"| {r['config']} | {r['set']} | {r['seed']} | {_fmt(b['pck'])} | {_fmt(c['pck'])} | "
+                     f"{_fmt(r['blend_minus_copy_paste_pck'])} | {_fmt(b['detection_rate'])} | "
+                     f"{_fmt(c['detection_rate'])} | {r['sources_per_mosaic']['mean']:.1f} | {r['seams']['mean']:.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +395,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="NAME from CONFIGS or NAME:JSON of MosaicEngine keywords plus pool_size / pool_margin")
     st.add_argument("--sheets", default=None, help="folder for contact sheets (first seed)")
     st.add_argument("--tag", default="sets", help="results file name tag")
+    rp = sub.add_parser("report", help="markdown tables of saved `sets` results")
+    rp.add_argument("files", nargs="+")
+    rp.add_argument("--compact", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "report":
+        return cmd_report(args)
     if not detector_available(args.detector):
         try:
             detect_poses(np.zeros((1, 8, 8, 3), np.uint8), args.detector)

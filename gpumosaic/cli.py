@@ -36,6 +36,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_PAPER_HELP = ("the paper's blending settings (alpha 6, beta 0.25, border replication, no out-of-image mask) "
+               "instead of the defaults chosen by the fidelity benchmark (docs/fidelity.md)")
+
+
+def _paper(args) -> dict:
+    """Engine keywords of ``--paper`` (:data:`gpumosaic.engine.PAPER`), or none."""
+    from .engine import PAPER
+
+    return dict(PAPER) if getattr(args, "paper", False) else {}
+
+
 SPECIAL_KINDS = ("demo", "real")
 """Source kinds that are not loaders: the embedded demo data and the prepared real data."""
 
@@ -67,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
     gen.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     gen.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    gen.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(gen)
@@ -75,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", type=Path, required=True, help="figure path (.png)")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--paper", action="store_true", help=_PAPER_HELP)
+    pre.add_argument("--no-fidelity", action="store_true",
+                     help="skip the independent detector's score even when $GPUMOSAIC_DETECTOR_PYTHON is set")
     _add_source_options(pre)
 
     exp = sub.add_parser("export", help="write N mosaics as resumable tar shards (torchrun: one process per GPU)")
@@ -88,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0, help="random seed: sample i depends on (seed, i) only")
     exp.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     exp.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    exp.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
@@ -245,7 +261,7 @@ def generate(args) -> int:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
     pool, mocap = _sources(args, device)
-    engine = MosaicEngine(pool, skeleton=pool.skeleton, blend=not args.no_blend, device=device)
+    engine = MosaicEngine(pool, skeleton=pool.skeleton, blend=not args.no_blend, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -294,17 +310,24 @@ def generate(args) -> int:
 
 def preview(args) -> int:
     from .engine import MosaicEngine
-    from .viz import pipeline_figure
+    from .viz import pipeline_figure, preview_fidelity
 
     device = _device(args.device)
     pool, mocap = _sources(args, device)
-    engine = MosaicEngine(pool, skeleton=pool.skeleton, device=device)
+    engine = MosaicEngine(pool, skeleton=pool.skeleton, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
     res = engine(views.pose2d[:, 0], views.occluded[:, 0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pipeline_figure(res, engine, 0, args.out)
+    # Optional: the independent detector's score, when $GPUMOSAIC_DETECTOR_PYTHON names its environment.
+    fidelity = None if args.no_fidelity else preview_fidelity(res, 0)
+    pipeline_figure(res, engine, 0, args.out, fidelity=fidelity)
     print(f"wrote {args.out}")
+    if fidelity is not None:
+        text = {k: f"PCK@0.2 {v['pck']:.2f}" if v["detected"] else "no person"
+                for k, v in fidelity.items() if k != "version"}
+        print(f"fidelity (MediaPipe {fidelity['version']}): blended {text['blended']}, "
+              f"copy-paste {text['copy_paste']}")
     return 0
 
 
@@ -330,7 +353,7 @@ def export(args) -> int:
         pool, mocap = _sources(args, device)
         try:
             engine = MosaicEngine(pool, skeleton=pool.skeleton, size=args.size, blend=not args.no_blend,
-                                  device=device)
+                                  device=device, **_paper(args))
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
                 image_format=args.format, jpeg_quality=args.jpeg_quality, views_per_pose=args.views_per_pose,

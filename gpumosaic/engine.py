@@ -27,13 +27,14 @@ from ._check import check_finite, check_shape, unchecked
 from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
 from .geometry import align_rotation, apply_affine, compose_affine, fit_to_box, mirror_affine
 from .raster import interpolate_triangulated, skeleton_distance
+from .pairwise import tree_potts_matches
 from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
 from .skeleton import LSP14, Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
 from .warp import source_inside, warp_blend_sparse, warp_gather
 
-__all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA"]
+__all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER"]
 
 DEFAULT_SIGMA = 7.5
 """Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
@@ -42,25 +43,48 @@ Chosen by ``benchmarks/sigma_ablation.py`` (docs/engine.md): limb agreement of t
 on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
 
 
+DEFAULT_ALPHA = 1.0
+"""Default α of Eq. 7 (window side on the skeleton, px at S = 220); the paper's value is 6 (:data:`PAPER`).
+
+Chosen by the fidelity benchmark (docs/fidelity.md, issue 13): with α = 6 about half of the body's pixels are
+cross-fades of two or more misaligned sources (the index map is fragmented on the body) and an independent
+detector finds the person in far fewer blended mosaics than copy-paste ones; α = 1 keeps seams sharp on the
+body (3×3 windows within 12 px of a bone) while β still smooths the background."""
+
+PAPER = {"alpha": 6.0, "beta": 0.25, "padding_mode": "border", "mask_outside": False, "compat_weight": 0.0}
+"""The paper's blending settings and the original implementation choices (``MosaicEngine(pool, **PAPER)``,
+``--paper`` on the command line): α = 6, β = 0.25 (Rogez & Schmid, Eq. 7), border replication, no mask."""
+
+
 @dataclass(frozen=True)
 class MosaicSettings:
-    """Settings of :class:`MosaicEngine` (the paper's defaults).
+    """Settings of :class:`MosaicEngine`: the paper's equations, with defaults chosen by measurement where the
+    paper gives none or where the fidelity benchmark chose another value (α, padding, mask; :data:`PAPER`
+    restores the paper's).
 
     Attributes:
         size: S, side of the square output in pixels (paper: 220).
-        alpha: α of Eq. 8, the window side at distance 0 from the skeleton, px (paper: 6).
+        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper: 6; default
+            :data:`DEFAULT_ALPHA` = 1, chosen by the fidelity benchmark).
         beta: β of Eq. 8, window growth per pixel of distance to the skeleton (paper: 0.25).
         sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
             ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).
         margin: ``fit_to_box`` margin in px; ``None`` means 10 % of ``size``.
         mirror: double the pool virtually with mirrored entries (flip + left/right permutation).
-        padding_mode: how warps sample outside the stored image: ``"border"`` (replicate, default) or
-            ``"zeros"``.
+        padding_mode: how warps sample outside the stored image: ``"reflection"`` (mirror the image about its
+            edges: real content, no streaks; default), ``"border"`` (replicate the edge: streaks; the
+            original choice) or ``"zeros"``.
         blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
+        compat_weight: λ >= 0 of a pairwise image-compatibility term (beyond the paper, its future work;
+            :mod:`gpumosaic.pairwise`): retrieval minimises ``Σ_j D_j(p, m_j) + λ·Σ_bones [m_j ≠ m_k]`` exactly
+            (dynamic programming on the kinematic tree), so neighbouring joints prefer the same source image.
+            In px of Eq. 3; 0 (default) is the paper's per-joint argmin (Eq. 4). Needs every D_j: (B, J, Nv)
+            distances per batch.
         mask_outside: beyond the paper (issue 13): a match whose warp samples outside its stored image (pure
             padding) never wins a pixel that another match fills with real content, and is left out of the
             blend there (:func:`~gpumosaic.warp.source_inside`, ``index_map(valid=)``, ``mask_weights``).
-            Hard mode only.
+            Default ``True`` (chosen by the fidelity benchmark with the stored context of the real pool).
+            Hard mode only: soft mode ignores it.
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
         retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
         soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
@@ -78,14 +102,15 @@ class MosaicSettings:
     """
 
     size: int = 220
-    alpha: float = 6.0
+    alpha: float = DEFAULT_ALPHA
     beta: float = 0.25
     sigma: float | None = None
     margin: float | None = None
     mirror: bool = True
-    padding_mode: str = "border"
+    padding_mode: str = "reflection"
     blend: bool = True
-    mask_outside: bool = False
+    mask_outside: bool = True
+    compat_weight: float = 0.0
     warp_chunk: int = 256
     retrieval_budget: int = 4 << 20
     soft: bool = False
@@ -101,12 +126,12 @@ class MosaicSettings:
             raise ValueError(f"Expected sigma > 0, got {self.sigma}")
         if self.alpha < 1 or self.beta < 0:
             raise ValueError(f"Expected alpha >= 1 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if self.padding_mode not in ("border", "zeros"):
-            raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
+        if self.padding_mode not in ("border", "zeros", "reflection"):
+            raise ValueError(f"Expected padding_mode 'border', 'zeros' or 'reflection', got {self.padding_mode!r}")
         if self.warps not in ("auto", "dense", "sparse"):
             raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
-        if self.mask_outside and self.soft:
-            raise ValueError("Expected mask_outside=False in soft mode (it is a hard-mode option)")
+        if not 0 <= self.compat_weight < float("inf"):
+            raise ValueError(f"Expected a finite compat_weight >= 0, got {self.compat_weight}")
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
 
@@ -183,7 +208,8 @@ class MosaicEngine:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`); uint8 images stay uint8 on the
             device; float images in [0, 1] make the mosaics differentiable with respect to them.
         skeleton: the joint layout of queries and pool (default ``LSP14``); must match ``pool.skeleton``.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, soft, temperature, warps: see
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, compat_weight, soft,
+            temperature, warps: see
             :class:`MosaicSettings`.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         settings: a full :class:`MosaicSettings` instead of the keyword arguments above.
@@ -204,14 +230,15 @@ class MosaicEngine:
         pool: Pool2D,
         skeleton: Skeleton = LSP14,
         size: int = 220,
-        alpha: float = 6.0,
+        alpha: float = DEFAULT_ALPHA,
         beta: float = 0.25,
         sigma: float | None = None,
         margin: float | None = None,
         mirror: bool = True,
-        padding_mode: str = "border",
+        padding_mode: str = "reflection",
         blend: bool = True,
-        mask_outside: bool = False,
+        mask_outside: bool = True,
+        compat_weight: float = 0.0,
         soft: bool = False,
         temperature: float = 1.0,
         warps: str = "auto",
@@ -224,7 +251,8 @@ class MosaicEngine:
             raise ValueError(f"Pool skeleton {pool.skeleton.name} differs from engine skeleton {skeleton.name}")
         self.settings = settings or MosaicSettings(
             size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
-            padding_mode=padding_mode, blend=blend, mask_outside=mask_outside, soft=soft, temperature=temperature,
+            padding_mode=padding_mode, blend=blend, mask_outside=mask_outside,
+            compat_weight=compat_weight, soft=soft, temperature=temperature,
             warps=warps,
         )
         self.skeleton = skeleton
@@ -330,7 +358,10 @@ class MosaicEngine:
         p, _ = fit_to_box(query, s.size, s.margin)  # (B, J, 2)
 
         # 2. Retrieval (Eq. 1-4).
-        if matches is None:
+        if matches is None and s.compat_weight > 0:  # beyond the paper: Eq. 3 + a Potts term on the bones
+            unary = self.index.distances(p.detach().to(self.index.joints.dtype), budget_bytes=s.retrieval_budget)
+            matches = tree_potts_matches(unary, self.skeleton, s.compat_weight, searched)
+        elif matches is None:
             matches, _ = self.index.best(p.detach().to(self.index.joints.dtype), searched,
                                          budget_bytes=s.retrieval_budget)
         else:

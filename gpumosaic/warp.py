@@ -35,7 +35,7 @@ __all__ = [
     "invert_affine",
 ]
 
-_PADDING_MODES = ("border", "zeros")
+_PADDING_MODES = ("border", "zeros", "reflection")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,14 +241,16 @@ def warp_images(
     """Bilinearly resample each source image into an H×W destination frame.
 
     Equals ``cv2.warpAffine(src, M=dst_from_src[b], dsize=(W, H), flags=cv2.INTER_LINEAR,
-    borderMode=cv2.BORDER_REPLICATE)`` for ``padding_mode="border"`` and ``cv2.BORDER_CONSTANT`` with
-    value 0 for ``padding_mode="zeros"`` (samples straddling the border interpolate with the zeros).
+    borderMode=cv2.BORDER_REPLICATE)`` for ``padding_mode="border"``, ``cv2.BORDER_CONSTANT`` with
+    value 0 for ``padding_mode="zeros"`` (samples straddling the border interpolate with the zeros) and
+    ``cv2.BORDER_REFLECT`` (``dcba|abcd``: mirrored about the image's edge) for ``"reflection"``.
 
     Args:
         images: ``(B, C, Hs, Ws)`` float images (any float dtype), or uint8 images in [0, 255].
         dst_from_src: ``(B, 2, 3)`` float affine maps from source pixels to destination pixels.
         size: destination ``(H, W)``.
-        padding_mode: ``"border"`` (replicate the edge pixels) or ``"zeros"``.
+        padding_mode: ``"border"`` (replicate the edge pixels), ``"zeros"`` or ``"reflection"`` (mirror the
+            image about its edges: real content, no streaks).
         chunk: number of warps computed at a time (bounds the temporary sampling grid).
         dtype: output dtype; ``None`` keeps a float input's dtype and gives float32 for uint8.
 
@@ -295,7 +297,7 @@ def warp_gather(
         dst_from_src: ``(..., 2, 3)`` float maps from pool-image pixels to destination pixels, with the
             same leading shape as ``index``.
         size: destination ``(H, W)``.
-        padding_mode: ``"border"`` or ``"zeros"``, as in :func:`warp_images`.
+        padding_mode: ``"border"``, ``"zeros"`` or ``"reflection"``, as in :func:`warp_images`.
         chunk: number of warps at a time; the flattened batch is processed in chunks of this size so that
             only ``chunk`` source images are ever gathered (and converted to float) at once.
         dtype: output dtype; ``None`` keeps a float pool's dtype and gives float32 for uint8.
@@ -371,8 +373,14 @@ def warp_images_reference(
         tx = -(inv[0][0] * m[0][2] + inv[0][1] * m[1][2])
         ty = -(inv[1][0] * m[0][2] + inv[1][1] * m[1][2])
 
+        def mirror(k: int, n: int) -> int:  # dcba|abcd: pixel -1 is pixel 0, pixel n is pixel n - 1
+            k = k % (2 * n)
+            return 2 * n - 1 - k if k >= n else k
+
         def read(c: int, yy: int, xx: int) -> float:
-            if padding_mode == "border":
+            if padding_mode == "reflection":
+                yy, xx = mirror(yy, src_h), mirror(xx, src_w)
+            elif padding_mode == "border":
                 yy, xx = min(max(yy, 0), src_h - 1), min(max(xx, 0), src_w - 1)
             elif not (0 <= yy < src_h and 0 <= xx < src_w):
                 return 0.0
@@ -400,16 +408,25 @@ def warp_images_reference(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _reflect(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``grid_sample``'s reflection (align_corners=False): ``x`` mirrored into ``[-0.5, size - 0.5]``."""
+    y = torch.remainder((x + 0.5).abs(), 2 * size)
+    return torch.where(y > size, 2 * size - y, y) - 0.5
+
+
 def _bilinear_taps(
     pool_images: torch.Tensor, image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, padding_mode: str
 ) -> torch.Tensor:
     """Bilinear samples ``(K, C)`` of ``pool_images[image[k]]`` at source pixel coords ``(x[k], y[k])``.
 
     The same arithmetic as ``grid_sample(align_corners=False)`` on the unnormalised coordinate: "border"
-    clamps the coordinate into ``[0, size - 1]`` first; "zeros" drops taps outside the image.
+    clamps the coordinate into ``[0, size - 1]`` first; "reflection" reflects it about ``-0.5`` and
+    ``size - 0.5`` (period ``2·size``) and then clamps it; "zeros" drops taps outside the image.
     """
     n, channels, src_h, src_w = pool_images.shape
-    if padding_mode == "border":
+    if padding_mode == "reflection":
+        x, y = _reflect(x, src_w), _reflect(y, src_h)
+    if padding_mode in ("border", "reflection"):
         x = x.clamp(0, src_w - 1)
         y = y.clamp(0, src_h - 1)
     x0f, y0f = torch.floor(x), torch.floor(y)
@@ -455,7 +472,7 @@ def warp_blend_sparse(
         dst_from_src: ``(B, J, 2, 3)`` float maps from pool-image pixels to destination pixels.
         weights: ``(B, J, H, W)`` float weights (e.g. :func:`gpumosaic.blend.window_weights`, or a one-hot
             index map for the copy-paste mosaic).
-        padding_mode: ``"border"`` or ``"zeros"``, as in :func:`warp_images`.
+        padding_mode: ``"border"``, ``"zeros"`` or ``"reflection"``, as in :func:`warp_images`.
         index_map: optional ``(B, H, W)`` int64 index map whose pixel ``(v, u)`` has a non-zero weight for
             ``j = index_map[b, v, u]`` (true of window weights, whose window holds the pixel itself): the
             copy-paste mosaic (Eq. 6) is then returned too, from the same samples.

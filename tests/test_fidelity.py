@@ -190,3 +190,41 @@ def test_detector_finds_a_real_person():
     assert det.detected.all()
     s = fd.fidelity_score(det.joints, det.detected, pool.joints[:2].double().numpy(), n_boot=50)
     assert s["pck"]["value"] > 0.5
+
+
+def test_preview_fidelity_is_optional_and_drawn(tmp_path, monkeypatch):
+    """Without a detector the preview has no score (None); a given score is drawn into the figure."""
+    import cv2
+    import torch
+
+    from gpumosaic import MosaicEngine
+    from gpumosaic.sources.demo import load_demo_pool
+    from gpumosaic.viz import pipeline_figure, preview_fidelity
+
+    monkeypatch.delenv(fd.DETECTOR_PYTHON_ENV, raising=False)
+    pool = load_demo_pool()
+    engine = MosaicEngine(pool, size=64)
+    res = engine(pool.joints[:1] + 1.0)
+    assert preview_fidelity(res) is None
+    plain, scored = tmp_path / "plain.png", tmp_path / "scored.png"
+    pipeline_figure(res, engine, 0, plain)
+    joints = res.query[0].double().numpy()
+    fidelity = {"version": "test", "blended": {"detected": True, "pck": 0.5, "joints": joints},
+                "copy_paste": {"detected": False, "pck": 0.0, "joints": np.full((14, 2), np.nan)}}
+    pipeline_figure(res, engine, 0, scored, fidelity=fidelity)
+    a, b = cv2.imread(str(plain)), cv2.imread(str(scored))
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).sum() > 0  # the extra panel is drawn
+
+
+@pytest.mark.skipif(not fd.detector_available(), reason="no detector ($GPUMOSAIC_DETECTOR_PYTHON with mediapipe)")
+def test_preview_fidelity_with_the_detector():
+    from gpumosaic.sources.real import cache_ready, load_real_pool
+    from gpumosaic import MosaicEngine
+    from gpumosaic.viz import preview_fidelity
+
+    if not cache_ready():
+        pytest.skip("no prepared real data")
+    pool = load_real_pool()
+    res = MosaicEngine(pool)(pool.joints[:1])  # its own pose: the near-real ceiling
+    out = preview_fidelity(res)
+    assert out["blended"]["detected"] and out["blended"]["pck"] > 0.5
