@@ -88,7 +88,8 @@ def load_pool(size: int = 160, margin: float | None = None, cache_dir: Path = Pa
     built_margin = (meta.get("margin_fraction") or 0.1) * built
     if built == size and abs(built_margin - (0.1 * size if margin is None else margin)) < 1e-6:
         return load_real_pool()
-    from gpumosaic.sources.build import Annotations2D, build_pool
+    from gpumosaic.pools import build_pool
+    from gpumosaic.sources.build import Annotations2D
     from gpumosaic.sources.real import default_cache_dir, load_pose2sim_annotations, load_sports2d_annotations
 
     tag = f"pool_s{size}_m{'def' if margin is None else f'{margin:g}'}.npz"

@@ -235,7 +235,7 @@ def stage_times(engine, pool, index, poses, skeleton, batch, device, repeats, wa
 
 def reference_times(pool: Pool2D, skeleton, size: int, queries, occluded, count: int):
     """Median seconds per image of the ReferenceEngine and its per-stage medians."""
-    ref = ReferenceEngine(pool, skeleton, size=size)
+    ref = ReferenceEngine(pool, skeleton, MosaicSettings(size=size))
     q, o = queries[:count].cpu().double().numpy(), occluded[:count].cpu().numpy()
     ref(q[0], o[0])  # warm-up (first Qhull / OpenCV calls)
     totals, stages = [], {k: [] for k in STAGES if k != "views"}

@@ -6,10 +6,14 @@ pose retrieves its best-matching annotated image, matches are warped, stitched b
 per-joint probability maps and blended around the skeleton. Batched torch tensors, CPU and CUDA.
 """
 
+from .batch import MosaicBatch
+from .camera import Cameras, ViewBatch, render_views, sample_views, view_angles
 from .dataset import OnlineMosaicDataset
-from .engine import DEFAULT_SIGMA, MosaicEngine, MosaicResult, MosaicSettings
+from .engine import MosaicEngine
+from .settings import DEFAULT_SIGMA, MosaicSettings, ViewSettings
 from .skeleton import H36M17, LSP14, MPII16, Skeleton
 from .sources import Mocap3D, Pool2D, load_demo_mocap, load_demo_pool
+from .synthesis import MosaicResult
 
 __version__ = "0.1.0"
 
@@ -17,8 +21,15 @@ __all__ = [
     "MosaicEngine",
     "OnlineMosaicDataset",
     "MosaicResult",
+    "MosaicBatch",
     "MosaicSettings",
+    "ViewSettings",
     "DEFAULT_SIGMA",
+    "Cameras",
+    "ViewBatch",
+    "sample_views",
+    "view_angles",
+    "render_views",
     "Skeleton",
     "LSP14",
     "MPII16",

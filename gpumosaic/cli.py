@@ -3,7 +3,7 @@
 ``gpumosaic generate --n N --out DIR``: N mosaics with their annotations; ``gpumosaic preview --out FIG.png``:
 the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
-fetch and build the real default data (:mod:`gpumosaic.sources.real`); ``gpumosaic evaluate --test KIND:PATH
+fetch and build the real default data (:mod:`gpumosaic.prepare`); ``gpumosaic evaluate --test KIND:PATH
 --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`); ``gpumosaic predict
 IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
 
@@ -28,23 +28,23 @@ import torch
 __all__ = ["main", "build_parser"]
 
 
+_PAPER_HELP = ("the paper's blending settings (alpha 6, beta 0.25, border replication, no out-of-image mask) "
+               "instead of the defaults chosen by the fidelity benchmark (docs/fidelity.md)")
+
+
+def _paper(args) -> dict:
+    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`), or none."""
+    from .settings import PAPER
+
+    return dict(PAPER) if getattr(args, "paper", False) else {}
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda requested but no CUDA device is available")
     return torch.device(name)
-
-
-_PAPER_HELP = ("the paper's blending settings (alpha 6, beta 0.25, border replication, no out-of-image mask) "
-               "instead of the defaults chosen by the fidelity benchmark (docs/fidelity.md)")
-
-
-def _paper(args) -> dict:
-    """Engine keywords of ``--paper`` (:data:`gpumosaic.engine.PAPER`), or none."""
-    from .engine import PAPER
-
-    return dict(PAPER) if getattr(args, "paper", False) else {}
 
 
 SPECIAL_KINDS = ("demo", "real")
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--predictions", type=Path, help="predictions file (JSON Lines, one record per test entry)")
     ev.add_argument("--classes", type=Path, default=None,
                     help="pose classes (.npz of PoseClasses.save) for the class lower bound with --predictions")
+    ev.add_argument("--classes-box", type=int, default=220,
+                    help="side of the box the --classes mean 2D poses are in (margin 10 %%; default 220)")
     ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
     ev.add_argument("--device", default="auto")
@@ -198,7 +200,8 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
     A missing spec takes the default source (:func:`default_source`); falling back to the demo data prints a
     one-line notice through ``notice`` (default: stderr).
     """
-    from .sources.build import MOCAP_KINDS, POOL_KINDS, load_mocap, load_pool
+    from .pools import load_pool
+    from .sources.build import MOCAP_KINDS, POOL_KINDS, load_mocap
     from .sources.demo import load_demo_mocap, load_demo_pool
     from .sources.real import load_real_mocap, load_real_pool
 
@@ -236,32 +239,36 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
     return pool_data, mocap_data
 
 
-def _sources(args, device: torch.device):
+def sources_from_args(args, device: torch.device):
+    """:func:`load_sources` for parsed ``--pool``, ``--mocap``, ``--pool-option`` and ``--mocap-option``."""
     return load_sources(args.pool, args.mocap, device, _options(args.pool_option, "--pool-option"),
                         _options(args.mocap_option, "--mocap-option"))
 
 
 def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device):
-    """Draw n (pose, view) pairs: mocap poses uniformly, views as in the paper (DESIGN.md step 2)."""
+    """Draw n (pose, view) pairs: mocap poses uniformly, views as in the paper (DESIGN.md step 2).
+
+    Returns ``(pose_idx (n,), views)``: a :class:`~gpumosaic.camera.ViewBatch` with (n,) leading dims."""
     from .camera import render_views, sample_views
 
     pose_idx = torch.randint(len(mocap), (n,), generator=generator, device=device)
     azimuth, elevation = sample_views(n, 1, generator=generator, device=device)
     views = render_views(mocap.poses[pose_idx], mocap.skeleton, azimuth, elevation)
-    return pose_idx, views
+    return pose_idx, views.select_view(0)
 
 
 def generate(args) -> int:
     import cv2
     from tqdm import tqdm
 
+    from .batch import annotation_records, synthetic_batch
     from .engine import MosaicEngine
 
     if args.n <= 0 or args.batch_size <= 0:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
-    pool, mocap = _sources(args, device)
-    engine = MosaicEngine(pool, skeleton=pool.skeleton, blend=not args.no_blend, device=device, **_paper(args))
+    pool, mocap = sources_from_args(args, device)
+    engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -273,33 +280,12 @@ def generate(args) -> int:
         while done < args.n:
             b = min(args.batch_size, args.n - done)
             pose_idx, views = _query_batch(mocap, b, generator, device)
-            res = engine(views.pose2d[:, 0], views.occluded[:, 0])
+            res = engine(views.pose2d, views.occluded)
+            batch = synthetic_batch(res, views, pose_idx, mocap.ids.to(device)[pose_idx])
             images = (res.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            cams = views.cameras
-            for k in range(b):
-                name = f"images/{done + k:07d}.{args.format}"
-                cv2.imwrite(str(out / name), cv2.cvtColor(images[k], cv2.COLOR_RGB2BGR))
-                record = {
-                    "image": name,
-                    "skeleton": mocap.skeleton.name,
-                    "pose2d": res.query[k].tolist(),
-                    "pose3d": views.pose3d[k, 0].tolist(),
-                    "occluded": views.occluded[k, 0].tolist(),
-                    "mocap_index": int(pose_idx[k]),
-                    "mocap_id": int(mocap.ids[pose_idx[k]]),
-                    "camera": {
-                        "azimuth_deg": float(cams.azimuth[k, 0]),
-                        "elevation_deg": float(cams.elevation[k, 0]),
-                        "distance_m": float(cams.distance[k, 0]) if cams.distance.dim() else float(cams.distance),
-                        "focal_px": float(cams.focal[k, 0]) if cams.focal.dim() else float(cams.focal),
-                        "cam_from_world_R": cams.cam_from_world_R[k, 0].tolist(),
-                        "cam_from_world_t": cams.cam_from_world_t[k, 0].tolist(),
-                    },
-                    "matches": res.matches[k].tolist(),
-                    "source_rows": res.source[k].tolist(),
-                    "source_ids": res.source_ids[k].tolist(),
-                    "mirrored": res.mirrored[k].tolist(),
-                }
+            names = [f"images/{done + k:07d}.{args.format}" for k in range(b)]
+            for name, image, record in zip(names, images, annotation_records(batch, mocap.skeleton.name, names)):
+                cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                 ann.write(json.dumps(record) + "\n")
             done += b
             bar.update(b)
@@ -313,11 +299,11 @@ def preview(args) -> int:
     from .viz import pipeline_figure, preview_fidelity
 
     device = _device(args.device)
-    pool, mocap = _sources(args, device)
-    engine = MosaicEngine(pool, skeleton=pool.skeleton, device=device, **_paper(args))
+    pool, mocap = sources_from_args(args, device)
+    engine = MosaicEngine(pool, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
-    res = engine(views.pose2d[:, 0], views.occluded[:, 0])
+    res = engine(views.pose2d, views.occluded)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Optional: the independent detector's score, when $GPUMOSAIC_DETECTOR_PYTHON names its environment.
     fidelity = None if args.no_fidelity else preview_fidelity(res, 0)
@@ -339,6 +325,8 @@ def export(args) -> int:
 
     from .engine import MosaicEngine
     from .export import export_shards
+    from .settings import ViewSettings
+    from .shardfile import ExportLockedError
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
@@ -350,18 +338,18 @@ def export(args) -> int:
     if created:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        pool, mocap = _sources(args, device)
+        pool, mocap = sources_from_args(args, device)
         try:
-            engine = MosaicEngine(pool, skeleton=pool.skeleton, size=args.size, blend=not args.no_blend,
-                                  device=device, **_paper(args))
+            engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device, **_paper(args))
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
-                image_format=args.format, jpeg_quality=args.jpeg_quality, views_per_pose=args.views_per_pose,
+                image_format=args.format, jpeg_quality=args.jpeg_quality,
+                views=ViewSettings(views_per_pose=args.views_per_pose),
                 progress=not args.quiet,
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
             )
-        except ValueError as err:
+        except (ValueError, ExportLockedError) as err:
             raise SystemExit(f"error: {err}") from None
     finally:
         if created:
@@ -376,8 +364,9 @@ def export(args) -> int:
 
 
 def data(args) -> int:
-    """``gpumosaic data prepare``: see :func:`gpumosaic.sources.real.prepare`."""
-    from .sources.real import HashMismatchError, prepare
+    """``gpumosaic data prepare``: see :func:`gpumosaic.prepare.prepare`."""
+    from .prepare import prepare
+    from .sources.real import HashMismatchError
 
     try:
         report = prepare(args.cache, force=args.force, quiet=args.quiet, device=_device(args.device))
@@ -414,11 +403,12 @@ def evaluate(args) -> int:
         else:
             preds = load_predictions(args.predictions, test)
         if args.classes is not None:
-            classes = PoseClasses.load(args.classes)
+            classes, box = PoseClasses.load(args.classes), (args.classes_box, None)
         report = evaluate_predictions(test, preds, classes, box, n_boot=args.n_boot, level=args.level)
     except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None
     print(report.table())
+    print(report.joint_table())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report.as_dict(), indent=1))
@@ -429,7 +419,7 @@ def evaluate(args) -> int:
 def predict(args) -> int:
     """``gpumosaic predict``: see :mod:`gpumosaic.predict`."""
     from .checkpoint import load_inference_checkpoint
-    from .predict import draw_prediction, predict_image, prediction_record, read_image, write_json
+    from .predict import draw_prediction, dumps, predict_image, prediction_record, read_image, write_json
 
     try:
         image = read_image(args.image)
@@ -443,7 +433,7 @@ def predict(args) -> int:
         write_json(record, args.json)
         print(f"wrote {args.json}")
     else:
-        print(json.dumps(record, indent=1))
+        print(dumps(record))
     if args.overlay:
         draw_prediction(image, result, ckpt, args.overlay)
         print(f"wrote {args.overlay}")

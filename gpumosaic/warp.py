@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gpumosaic._check import ShapeError, check_finite, check_shape, checks_enabled
-from gpumosaic.geometry import _invert_affine, apply_affine, compose_affine, invert_affine
+from gpumosaic.geometry import apply_affine, compose_affine, invert_affine
 
 __all__ = [
     "warp_images",
@@ -105,7 +105,7 @@ def source_inside(
     src_h, src_w = _validate_size(src_size)
     height, width = _validate_size(size)
     lead = dst_from_src.shape[:-2]
-    src_from_dst = _invert_affine(dst_from_src.reshape(-1, 2, 3).to(dtype))
+    src_from_dst = invert_affine(dst_from_src.reshape(-1, 2, 3).to(dtype))
     u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
     v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
     inside = None
@@ -151,7 +151,7 @@ def _sampling_grid(
     """
     height, width = dst_size
     src_h, src_w = src_size
-    src_from_dst = _invert_affine(dst_from_src).to(dtype)  # (n, 2, 3)
+    src_from_dst = invert_affine(dst_from_src).to(dtype)  # (n, 2, 3)
     u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
     v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
     coords = []
@@ -181,6 +181,17 @@ def _validate_affine(dst_from_src: torch.Tensor) -> None:
         det = dst_from_src[..., 0, 0] * dst_from_src[..., 1, 1] - dst_from_src[..., 0, 1] * dst_from_src[..., 1, 0]
         if bool((det == 0).any()):
             raise ValueError("Expected dst_from_src with invertible linear parts, got a zero determinant")
+
+
+def _check_warp_args(dst_from_src: torch.Tensor, size: Sequence[int], padding_mode: str, chunk: int) -> tuple[int, int]:
+    """The one validation of the warp functions' common arguments; returns ``(H, W)``."""
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"Expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
+    if chunk <= 0:
+        raise ValueError(f"Expected chunk > 0, got {chunk}")
+    height_width = _validate_size(size)
+    _validate_affine(dst_from_src)
+    return height_width
 
 
 def _out_dtype(images: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
@@ -268,12 +279,7 @@ def warp_images(
     check_shape(dst_from_src, ["B", "2", "3"], name="dst_from_src", dims=dims)
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise TypeError(f"Expected images as uint8 or float, got {images.dtype}")
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"Expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
-    if chunk <= 0:
-        raise ValueError(f"Expected chunk > 0, got {chunk}")
-    height_width = _validate_size(size)
-    _validate_affine(dst_from_src)
+    height_width = _check_warp_args(dst_from_src, size, padding_mode, chunk)
     return _warp_gathered(
         images, None, dst_from_src, height_width, padding_mode, chunk, _out_dtype(images, dtype)
     )
@@ -328,12 +334,7 @@ def warp_gather(
                     f"Expected index values in [0, {pool_images.shape[0]}), got "
                     f"min {int(index.min())}, max {int(index.max())}"
                 )
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"Expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
-    if chunk <= 0:
-        raise ValueError(f"Expected chunk > 0, got {chunk}")
-    height_width = _validate_size(size)
-    _validate_affine(dst_from_src)
+    height_width = _check_warp_args(dst_from_src, size, padding_mode, chunk)
     lead = tuple(index.shape)
     flat = _warp_gathered(
         pool_images,
@@ -490,7 +491,7 @@ def warp_blend_sparse(
     if pool_images.is_floating_point():  # as dense warps + blend: the promoted dtype of images and weights
         weights = weights.to(torch.promote_types(weights.dtype, pool_images.dtype))
     b, j, v, u = (weights != 0).nonzero().unbind(1)
-    src_from_dst = _invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
+    src_from_dst = invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
     uf, vf = u.to(weights.dtype), v.to(weights.dtype)
     x = src_from_dst[:, 0, 0] * uf + src_from_dst[:, 0, 1] * vf + src_from_dst[:, 0, 2]
     y = src_from_dst[:, 1, 0] * uf + src_from_dst[:, 1, 1] * vf + src_from_dst[:, 1, 2]

@@ -11,8 +11,11 @@ from scipy import stats
 from torch.utils.data import DataLoader
 
 from gpumosaic import MosaicEngine, Mocap3D, load_demo_mocap, load_demo_pool
-from gpumosaic.camera import render_views, self_occlusion_reference
-from gpumosaic.dataset import OnlineMosaicDataset, epoch_permutation, view_angles, view_angles_reference
+from gpumosaic.camera import render_views, view_angles, view_angles_reference
+from gpumosaic.dataset import OnlineMosaicDataset
+from gpumosaic.occlusion import self_occlusion_reference
+from gpumosaic.settings import ViewSettings
+from gpumosaic.sharding import epoch_permutation
 
 M, V, B, SIZE = 3, 3, 2, 64  # 9 pairs: shards of 5 and 4 pairs, uneven on purpose
 KEYS = {
@@ -65,7 +68,7 @@ def engine(data):
 def _dataset(data, engine, **kw):
     pool, mocap, real = data
     kw.setdefault("batch_size", B)
-    kw.setdefault("views_per_pose", V)
+    kw.setdefault("views", ViewSettings(views_per_pose=V))
     return OnlineMosaicDataset(pool, mocap, engine=engine, **kw)
 
 
@@ -101,7 +104,7 @@ def test_view_angles_against_reference_and_uniform():
     # Another seed gives other angles; custom ranges are honoured.
     az2, _ = view_angles(m, v, seed=8, dtype=torch.float64)
     assert (az2 != az).float().mean() > 0.99
-    az3, el3 = view_angles(m, v, seed=7, azimuth_range=(10, 20), elevation_range=(0, 5))
+    az3, el3 = view_angles(m, v, seed=7, settings=ViewSettings(azimuth_range=(10, 20), elevation_range=(0, 5)))
     assert az3.min() >= 10 and az3.max() < 20 and el3.min() >= 0 and el3.max() < 5
 
 
@@ -343,7 +346,7 @@ def test_exceptions(data, engine):
     with pytest.raises(TypeError, match="encode"):
         OnlineMosaicDataset(pool, mocap, 4, engine=engine, classes=object())
     with pytest.raises(ValueError, match="distance"):
-        OnlineMosaicDataset(pool, mocap, 4, engine=engine, distance=0.5)
+        OnlineMosaicDataset(pool, mocap, 4, engine=engine, views=ViewSettings(distance=0.5))
     with pytest.raises(ValueError, match="rank"):
         OnlineMosaicDataset(pool, mocap, 4, engine=engine, rank=1)
     with pytest.raises(ValueError, match="rank"):
@@ -353,7 +356,7 @@ def test_exceptions(data, engine):
     with pytest.raises(TypeError, match="mocap"):
         OnlineMosaicDataset(pool, mocap.poses, 4, engine=engine)
     with pytest.raises(ValueError, match="elevation_range"):
-        OnlineMosaicDataset(pool, mocap, 4, engine=engine, elevation_range=(-100, 0))
+        OnlineMosaicDataset(pool, mocap, 4, engine=engine, views=ViewSettings(elevation_range=(-100, 0)))
     with pytest.raises(TypeError, match="pool"):
         OnlineMosaicDataset(None, mocap, 4)
     assert OnlineMosaicDataset(None, mocap, 4, engine=engine).engine is engine

@@ -213,13 +213,13 @@ def test_cuda_hot_path_makes_no_host_sync():
     eng = MosaicEngine(pool, size=40, device="cuda")
     q = (torch.rand(3, 14, 2) * 90).cuda()
     occ = torch.zeros(3, 14, dtype=torch.bool, device="cuda")
-    eng._synthesise(q, ~occ)  # warm-up (lazy CUDA initialisation may sync)
+    eng.synthesise(q, ~occ)  # warm-up (lazy CUDA initialisation may sync)
     torch.cuda.set_sync_debug_mode("error")
     try:
         from gpumosaic._check import unchecked
 
         with unchecked():
-            eng._synthesise(q, ~occ)
+            eng.synthesise(q, ~occ)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

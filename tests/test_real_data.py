@@ -24,6 +24,7 @@ import pytest
 import scipy.io
 import torch
 
+import gpumosaic.prepare as prepare
 import gpumosaic.sources.real as real
 from gpumosaic.cli import build_parser, load_sources, main
 from gpumosaic.skeleton import LSP14
@@ -272,7 +273,7 @@ def test_prepare_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GPUMOSAIC_CACHE", str(tmp_path / "cache"))
     _fake_pip(monkeypatch, None)
     with pytest.raises(RuntimeError, match="pip download"):
-        real.prepare(quiet=True, log=lambda _: None)
+        prepare.prepare(quiet=True, log=lambda _: None)
     assert main(["data", "prepare", "--offline-ok", "--quiet"]) == 0
     assert "embedded synthetic demo data" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--offline-ok"):
@@ -297,7 +298,7 @@ def _tiny_sources(n=3, m=5, seed=0):
 def _write_fake_cache(cache):
     pool, mocap = _tiny_sources()
     files = {k: {} for k, p in real.PINNED.items() if not p.optional}
-    real.save_real_cache(cache, pool, mocap, files=files)
+    prepare.save_real_cache(cache, pool, mocap, files=files)
     return pool, mocap
 
 
@@ -442,7 +443,8 @@ def test_every_loader_kind_has_a_fixture():
 @pytest.mark.parametrize("pool_kind,mocap_kind", list(zip(sorted(POOL_KINDS), sorted(MOCAP_KINDS))))
 def test_pool_and_mocap_kind_path(tmp_path, pool_kind, mocap_kind):
     """Each loader kind through the CLI's options: the resolved sources equal the loaders' own output."""
-    from gpumosaic.sources.build import load_mocap, load_pool
+    from gpumosaic.pools import load_pool
+    from gpumosaic.sources.build import load_mocap
 
     rng = np.random.default_rng(len(pool_kind) * 7 + len(mocap_kind))
     (tmp_path / "p").mkdir()
@@ -453,9 +455,9 @@ def test_pool_and_mocap_kind_path(tmp_path, pool_kind, mocap_kind):
             *[a for o in _opts(pool_opts) for a in ("--pool-option", o)],
             *[a for o in _opts(mocap_opts) for a in ("--mocap-option", o)]]
     args = build_parser().parse_args(argv)
-    from gpumosaic.cli import _sources
+    from gpumosaic.cli import sources_from_args
 
-    pool, mocap = _sources(args, torch.device("cpu"))
+    pool, mocap = sources_from_args(args, torch.device("cpu"))
     assert len(pool) == n and len(mocap) == m and pool.skeleton is LSP14 and mocap.skeleton is LSP14
     assert torch.isfinite(pool.joints).all() and torch.isfinite(mocap.poses).all()
     ref_pool = load_pool(pool_kind, pool_path, **pool_opts)
