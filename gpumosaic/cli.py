@@ -40,6 +40,17 @@ import torch  # noqa: E402
 __all__ = ["main", "build_parser"]
 
 
+_PAPER_HELP = ("the paper's blending settings (alpha 6, beta 0.25, border replication, no out-of-image mask) "
+               "instead of the defaults chosen by the fidelity benchmark (docs/fidelity.md)")
+
+
+def _paper(args) -> dict:
+    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`), or none."""
+    from .settings import PAPER
+
+    return dict(PAPER) if getattr(args, "paper", False) else {}
+
+
 def _device(name: str) -> torch.device:
     """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` where available); a clear error else."""
     if name == "auto":
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
     gen.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     gen.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    gen.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(gen)
@@ -165,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="figure path; .png is added when it has no suffix, preview.png inside an existing folder")
     pre.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     pre.add_argument("--seed", type=int, default=0, help="random seed of the query pose and view")
+    pre.add_argument("--paper", action="store_true", help=_PAPER_HELP)
+    pre.add_argument("--no-fidelity", action="store_true",
+                     help="skip the independent detector's score even when $GPUMOSAIC_DETECTOR_PYTHON is set")
     _add_source_options(pre)
 
     exp = sub.add_parser("export", help="write N mosaics as resumable tar shards (torchrun: one process per GPU)")
@@ -178,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0, help="random seed: sample i depends on (seed, i) only")
     exp.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     exp.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    exp.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
@@ -368,7 +384,7 @@ def generate(args) -> int:
     _say(f"generate: loading the pool and mocap ({device})...", args.quiet)
     pool, mocap = sources_from_args(args, device)
     _replace_earlier_output(out, args.overwrite)
-    engine = MosaicEngine(pool, blend=not args.no_blend, device=device)
+    engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -395,7 +411,7 @@ def generate(args) -> int:
 
 def preview(args) -> int:
     from .engine import MosaicEngine
-    from .viz import pipeline_figure
+    from .viz import pipeline_figure, preview_fidelity
 
     device = _device(args.device)
     path = Path(args.out)
@@ -407,12 +423,19 @@ def preview(args) -> int:
     _say(f"preview: loading the pool and mocap ({device})...")
     pool, mocap = sources_from_args(args, device)
     _say("preview: synthesising one mosaic and drawing the figure...")
-    engine = MosaicEngine(pool, device=device)
+    engine = MosaicEngine(pool, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
     res = engine(views.pose2d, views.occluded)
-    pipeline_figure(res, engine, 0, path)
+    # Optional: the independent detector's score, when $GPUMOSAIC_DETECTOR_PYTHON names its environment.
+    fidelity = None if args.no_fidelity else preview_fidelity(res, 0)
+    pipeline_figure(res, engine, 0, path, fidelity=fidelity)
     print(f"wrote {path}")
+    if fidelity is not None:
+        text = {k: f"PCK@0.2 {v['pck']:.2f}" if v["detected"] else "no person"
+                for k, v in fidelity.items() if k != "version"}
+        print(f"fidelity (MediaPipe {fidelity['version']}): blended {text['blended']}, "
+              f"copy-paste {text['copy_paste']}")
     return 0
 
 
@@ -441,7 +464,7 @@ def export(args) -> int:
     try:
         pool, mocap = sources_from_args(args, device)
         try:
-            engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device)
+            engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device, **_paper(args))
             classes = None
             if args.classes is not None:
                 from .classes import PoseClasses

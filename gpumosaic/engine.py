@@ -15,7 +15,7 @@ from ._check import unchecked
 from .skeleton import Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
-from .settings import DEFAULT_SIGMA, MosaicSettings
+from .settings import DEFAULT_ALPHA, DEFAULT_SIGMA, PAPER, MosaicSettings
 from .synthesis import (
     MosaicResult,
     PreparedPool,
@@ -25,7 +25,7 @@ from .synthesis import (
     warp_matched,
 )
 
-__all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA"]
+__all__ = ["MosaicSettings", "MosaicResult", "MosaicEngine", "DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER"]
 
 
 class MosaicEngine:
@@ -39,8 +39,8 @@ class MosaicEngine:
         settings: the :class:`MosaicSettings` (every default is resolved there); ``None`` builds one from
             the keyword fields below.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
-        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, warp_chunk, retrieval_budget, soft,
-            temperature, warps: shorthand for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
+        size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, compat_weight,
+            warp_chunk, retrieval_budget, soft, temperature, warps: shorthand for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
             :class:`MosaicSettings` default. Giving both ``settings`` and a field raises ``TypeError``.
 
     Calling the engine on ``query (B, J, 2)`` (pixels of any frame, fitted into the box here),
@@ -69,6 +69,8 @@ class MosaicEngine:
         mirror: bool | None = None,
         padding_mode: str | None = None,
         blend: bool | None = None,
+        mask_outside: bool | None = None,
+        compat_weight: float | None = None,
         warp_chunk: int | None = None,
         retrieval_budget: int | None = None,
         soft: bool | None = None,
@@ -82,7 +84,8 @@ class MosaicEngine:
             raise ValueError(f"Pool skeleton {pool.skeleton.name} differs from engine skeleton {skeleton.name}")
         self.settings = MosaicSettings.from_options(
             settings, size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
-            padding_mode=padding_mode, blend=blend, warp_chunk=warp_chunk, retrieval_budget=retrieval_budget,
+            padding_mode=padding_mode, blend=blend, mask_outside=mask_outside, compat_weight=compat_weight,
+            warp_chunk=warp_chunk, retrieval_budget=retrieval_budget,
             soft=soft, temperature=temperature, warps=warps,
         )
         self.skeleton = skeleton

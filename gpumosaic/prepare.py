@@ -32,6 +32,7 @@ from .sources.real import (
     MOCAP_SEQUENCES,
     PINNED,
     POOL_SEQUENCES,
+    POOL_MARGIN,
     POOL_SIZE,
     VideoFrames,
     cache_dir,
@@ -121,7 +122,7 @@ def _build_real_pool(files: Path, device, quiet: bool) -> tuple[Pool2D, dict, li
     bar = _bar(len(merged), "decoding video frames", "frame", quiet)
     reader = VideoFrames(bar.update)
     try:
-        pool = build_pool(merged, POOL_SIZE, device=device, read_image=reader, chunk=32)
+        pool = build_pool(merged, POOL_SIZE, POOL_MARGIN * POOL_SIZE, device=device, read_image=reader, chunk=32)
     finally:
         reader.close()
         bar.close()
@@ -250,6 +251,7 @@ def save_real_cache(cache: PathLike, pool: Pool2D, mocap: Mocap3D, *, files: Map
     common = {"format_version": FORMAT_VERSION, "skeleton": LSP14.name, "id_rule": "code * 100000 + frame",
               "counts": dict(counts or {}), "reports": list(notes), "built": date}
     pool_meta = {"format": "gpumosaic-real-pool", "image_size": list(pool.image_size),
+                 "margin_fraction": POOL_MARGIN if pool.image_size[0] == POOL_SIZE else None,
                  "sequences": {str(k): v for k, v in POOL_SEQUENCES.items()}, **common}
     mocap_meta = {"format": "gpumosaic-real-mocap", "units": "m", "up": "z",
                   "sequences": {str(k): v for k, v in MOCAP_SEQUENCES.items()}, **common}

@@ -223,9 +223,12 @@ class ReferenceEngine:
         skeleton: joint layout of queries and pool; ``None`` means ``pool.skeleton`` (a given one must
             match it).
         settings: the engine's :class:`~gpumosaic.MosaicSettings` (``None``: the defaults); ``size``,
-            ``alpha``, ``beta``, ``sigma``, ``margin``, ``mirror`` and ``padding_mode`` (``"border"``:
-            ``cv2.BORDER_REPLICATE``, ``"zeros"``: ``cv2.BORDER_CONSTANT`` 0) are used; the others (warps,
-            chunks, soft mode) do not apply to this reference of the hard engine.
+            ``alpha``, ``beta``, ``sigma``, ``margin``, ``mirror``, ``padding_mode`` (``"border"``:
+            ``cv2.BORDER_REPLICATE``, ``"zeros"``: ``cv2.BORDER_CONSTANT`` 0, ``"reflection"``:
+            ``cv2.BORDER_REFLECT``) and ``mask_outside`` (pixels whose nearest stored pixel, by a
+            nearest-neighbour ``cv2.warpAffine`` of an all-ones image, lies outside lose the index map to any
+            match with content there and leave the blend) are used; ``compat_weight`` must be 0; the others
+            (warps, chunks, soft mode) do not apply to this reference of the hard engine.
 
     Calling it on ``query (J, 2)`` (pixels of any frame) and ``occluded (J,) bool`` returns a
     :class:`ReferenceResult`. Occluded joints are not searched; if every joint is occluded all are searched.
@@ -248,7 +251,12 @@ class ReferenceEngine:
         self.sigma = float(settings.sigma)  # resolved by MosaicSettings (7.5 · size / 220 by default)
         self.margin = float(settings.margin)  # resolved by MosaicSettings (10 % of size by default)
         self.mirror = bool(settings.mirror)
-        self.border = cv2.BORDER_REPLICATE if padding_mode == "border" else cv2.BORDER_CONSTANT
+        self.border = {"border": cv2.BORDER_REPLICATE, "zeros": cv2.BORDER_CONSTANT,
+                       "reflection": cv2.BORDER_REFLECT}[padding_mode]
+        self.mask_outside = bool(settings.mask_outside)
+        if settings.compat_weight:
+            raise ValueError("Expected compat_weight = 0: the reference engine has only the paper's per-joint "
+                             f"retrieval, got compat_weight={settings.compat_weight}")
         self.images = pool.images.detach().cpu()  # (N, 3, H, W), read one match at a time
         self.scale = 1.0 if self.images.is_floating_point() else 1.0 / 255.0
         joints = pool.joints.detach().cpu().double().numpy()
@@ -310,6 +318,13 @@ class ReferenceEngine:
         out = cv2.warpAffine(src, query_from_stored, (self.size, self.size), flags=cv2.INTER_LINEAR,
                              borderMode=self.border, borderValue=(0.0, 0.0, 0.0, 0.0))
         return out.transpose(2, 0, 1)  # (3, S, S)
+
+    def _inside(self, query_from_stored: np.ndarray) -> np.ndarray:
+        """(S, S) bool: query pixels whose nearest stored pixel lies inside the stored image (mask_outside)."""
+        h, w = self.images.shape[-2:]
+        ones = np.ones((h, w), np.uint8)
+        return cv2.warpAffine(ones, query_from_stored, (self.size, self.size), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
     def _skeleton_distance(self, p: np.ndarray) -> np.ndarray:
         raster = np.zeros((self.size, self.size), np.uint8)
@@ -389,7 +404,13 @@ class ReferenceEngine:
         t3 = time.perf_counter()
         timings["probability"] = t3 - t2
 
-        masked = np.where(searched[:, None, None], prob, -np.inf)
+        valid = np.ones((num_j, s, s), bool)
+        if self.mask_outside:
+            for j in np.flatnonzero(searched):
+                valid[j] = self._inside(query_from_stored[j])
+        # Lexicographic: a valid match beats any invalid one (prob is in [0, 1]), then the larger prob.
+        key = prob + 2.0 * valid if self.mask_outside else prob
+        masked = np.where(searched[:, None, None], key, -np.inf)
         index = np.argmax(masked, axis=0).astype(np.int64)  # first maximum: ties go to the lowest j
         unblended = np.take_along_axis(warped, index[None, None].repeat(3, 1), axis=0)[0]
         t4 = time.perf_counter()
@@ -398,6 +419,10 @@ class ReferenceEngine:
         distance = self._skeleton_distance(p)
         half = np.maximum(np.floor((self.alpha + self.beta * distance) / 2.0), 0).astype(np.int64)
         weights = self._window_weights(index, num_j, half)
+        if self.mask_outside:
+            kept = weights * valid
+            total = kept.sum(0, keepdims=True)
+            weights = np.where(total > 0, kept / np.where(total > 0, total, 1.0), weights)
         images = np.einsum("jhw,jchw->chw", weights, warped.astype(np.float64)).astype(np.float32)
         timings["blending"] = time.perf_counter() - t4
 

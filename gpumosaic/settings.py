@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 from .geometry import default_margin
 
-__all__ = ["DEFAULT_SIGMA", "MosaicSettings", "ViewSettings", "check_view_ranges"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER", "MosaicSettings", "ViewSettings", "check_view_ranges"]
 
 DEFAULT_SIGMA = 7.5
 """Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
@@ -28,22 +28,49 @@ Chosen by ``benchmarks/sigma_ablation.py`` (docs/engine.md): limb agreement of t
 on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
 
 
+DEFAULT_ALPHA = 1.0
+"""Default α of Eq. 7 (window side on the skeleton, px at S = 220); the paper's value is 6 (:data:`PAPER`).
+
+Chosen by the fidelity benchmark (docs/fidelity.md, issue 13): with α = 6 about half of the body's pixels are
+cross-fades of two or more misaligned sources (the index map is fragmented on the body) and an independent
+detector finds the person in far fewer blended mosaics than copy-paste ones; α = 1 keeps seams sharp on the
+body (3×3 windows within 12 px of a bone) while β still smooths the background."""
+
+PAPER = {"alpha": 6.0, "beta": 0.25, "padding_mode": "border", "mask_outside": False, "compat_weight": 0.0}
+"""The paper's blending settings and the original implementation choices (``MosaicEngine(pool, **PAPER)``,
+``--paper`` on the command line): α = 6, β = 0.25 (Rogez & Schmid, Eq. 7), border replication, no mask, the
+paper's per-joint retrieval."""
+
+
 @dataclass(frozen=True)
 class MosaicSettings:
-    """Settings of the synthesis engine (the paper's defaults).
+    """Settings of the synthesis engine: the paper's equations, with defaults chosen by measurement where the
+    paper gives none or where the fidelity benchmark (docs/fidelity.md) chose another value (α, padding,
+    mask); :data:`PAPER` restores the paper's.
 
     Attributes:
         size: S, side of the square output in pixels (paper: 220).
-        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper: 6).
+        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper: 6; default
+            :data:`DEFAULT_ALPHA` = 1, chosen by the fidelity benchmark).
         beta: β of Eq. 7, window growth per pixel of distance to the skeleton (paper: 0.25).
         sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
             ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).
         margin: ``fit_to_box`` margin in box **pixels**; ``None`` means
             :func:`~gpumosaic.geometry.default_margin` (10 % of ``size``).
         mirror: double the pool virtually with mirrored entries (flip + left/right permutation).
-        padding_mode: how warps sample outside the stored image: ``"border"`` (replicate, default) or
-            ``"zeros"``.
+        padding_mode: how warps sample outside the stored image: ``"reflection"`` (mirror the image about its
+            edges: real content, no streaks; default), ``"border"`` (replicate the edge: streaks; the
+            original choice) or ``"zeros"``.
         blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
+        mask_outside: beyond the paper (issue 13): a match whose warp samples outside its stored image (pure
+            padding) never wins a pixel that another match fills with real content, and is left out of the
+            blend there (:func:`~gpumosaic.warp.source_inside`, ``index_map(valid=)``, ``mask_weights``).
+            Default ``True`` (chosen by the fidelity benchmark). Hard mode only: soft mode ignores it.
+        compat_weight: λ >= 0 of a pairwise image-compatibility term (beyond the paper, its future work;
+            :mod:`gpumosaic.pairwise`): retrieval minimises ``Σ_j D_j(p, m_j) + λ·Σ_bones [m_j ≠ m_k]`` exactly
+            (dynamic programming on the kinematic tree), so neighbouring joints prefer the same source image.
+            In px of Eq. 3; 0 (default) is the paper's per-joint argmin (Eq. 4). Needs every D_j: (B, J, Nv)
+            distances per batch.
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
         retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
         soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
@@ -61,13 +88,15 @@ class MosaicSettings:
     """
 
     size: int = 220
-    alpha: float = 6.0
+    alpha: float = DEFAULT_ALPHA
     beta: float = 0.25
     sigma: float | None = None
     margin: float | None = None
     mirror: bool = True
-    padding_mode: str = "border"
+    padding_mode: str = "reflection"
     blend: bool = True
+    mask_outside: bool = True
+    compat_weight: float = 0.0
     warp_chunk: int = 256
     retrieval_budget: int = 4 << 20
     soft: bool = False
@@ -87,8 +116,10 @@ class MosaicSettings:
             raise ValueError(f"Expected 0 <= 2*margin < size, got margin={self.margin}, size={self.size}")
         if self.alpha < 1 or self.beta < 0:
             raise ValueError(f"Expected alpha >= 1 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if self.padding_mode not in ("border", "zeros"):
-            raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {self.padding_mode!r}")
+        if self.padding_mode not in ("border", "zeros", "reflection"):
+            raise ValueError(f"Expected padding_mode 'border', 'zeros' or 'reflection', got {self.padding_mode!r}")
+        if not 0 <= self.compat_weight < float("inf"):
+            raise ValueError(f"Expected a finite compat_weight >= 0, got {self.compat_weight}")
         if self.warps not in ("auto", "dense", "sparse"):
             raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
         if not 0 < self.temperature < float("inf"):

@@ -32,14 +32,15 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ._check import check_finite, check_shape, checks_enabled
-from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
+from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
 from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
+from .pairwise import tree_potts_matches
 from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
 from .settings import MosaicSettings
 from .skeleton import Skeleton
 from .sources.base import Pool2D
-from .warp import warp_blend_sparse, warp_gather
+from .warp import source_inside, warp_blend_sparse, warp_gather
 
 __all__ = [
     "MosaicResult",
@@ -263,7 +264,10 @@ def match_and_map(
     p, _ = fit_to_box(query, s.size, s.margin)  # (B, J, 2)
 
     # 2. Retrieval (Eq. 1-4).
-    if matches is None:
+    if matches is None and s.compat_weight > 0:  # beyond the paper: Eq. 3 + a Potts term on the bones
+        unary = index.distances(p.detach().to(index.joints.dtype), budget_bytes=s.retrieval_budget)
+        matches = tree_potts_matches(unary, prepared.skeleton, s.compat_weight, searched)
+    elif matches is None:
         matches, _ = index.best(p.detach().to(index.joints.dtype), searched, budget_bytes=s.retrieval_budget)
     else:
         matches = matches.masked_fill(~searched, -1)
@@ -368,8 +372,11 @@ def synthesise_hard(
     sparse = s.warps == "sparse" or (s.warps == "auto" and device.type == "cpu")
     warped = None if sparse else warp_matched(prepared, s, source, query_from_stored, searched)  # (B, J, 3, S, S)
 
-    # 5. Index map and copy-paste mosaic (Eq. 5-6).
-    index = index_map(prob, searched)
+    # 5. Index map and copy-paste mosaic (Eq. 5-6); optionally padding never beats real content.
+    valid = None
+    if s.mask_outside:
+        valid = source_inside(query_from_stored, prepared.pool.image_size, (s.size, s.size), dtype=prob.dtype)
+    index = index_map(prob, searched, valid)
     unblended = None if sparse else mosaic_from_index(warped, index)
 
     # 6. Pose-aware blending (Eq. 7-9).
@@ -378,6 +385,8 @@ def synthesise_hard(
         distance = skeleton_distance(p, prepared.skeleton, (s.size, s.size))
         half = window_half_width(distance, s.alpha, s.beta)
         weights = window_weights(index, num_j, half)
+        if valid is not None:
+            weights = mask_weights(weights, valid)
         if sparse:  # every window holds its own pixel: the copy-paste samples are among the blend's
             images, unblended = warp_blend_sparse(
                 images_pool, source, query_from_stored, weights, s.padding_mode, index_map=index

@@ -48,10 +48,11 @@ def test_smoke_shapes(device):
     torch.testing.assert_close(res.weights.sum(1), torch.ones(3, 40, 40, device=device))
 
 
-def test_one_image_pool_equals_warped_image():
+@pytest.mark.parametrize("padding_mode, border", [("border", cv2.BORDER_REPLICATE), ("reflection", cv2.BORDER_REFLECT)])
+def test_one_image_pool_equals_warped_image(padding_mode, border):
     """A one-image pool queried with its own pose (moved by a similarity) gives that image, warped."""
     pool = _random_pool(n=1, h=70, w=54, seed=3, dtype=torch.float32)
-    eng = MosaicEngine(pool, size=64, mirror=False)
+    eng = MosaicEngine(pool, size=64, mirror=False, padding_mode=padding_mode)
     # A quarter turn keeps the longer bounding-box side, so fit_to_box gives the query the pool pose's
     # scale and every joint's rigid map T (no scale, Eq. 2) is the same quarter turn.
     a = np.pi / 2
@@ -61,7 +62,7 @@ def test_one_image_pool_equals_warped_image():
     assert (res.matches == 0).all()
     m = _similarity(pool.joints[0].numpy(), res.query[0].numpy())
     src = pool.images[0].permute(1, 2, 0).numpy()
-    ref = cv2.warpAffine(src, m, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ref = cv2.warpAffine(src, m, (64, 64), flags=cv2.INTER_LINEAR, borderMode=border)
     ref = torch.from_numpy(ref).permute(2, 0, 1)
     torch.testing.assert_close(res.mosaic_unblended[0], ref, atol=2e-3, rtol=0)
     torch.testing.assert_close(res.images[0], ref, atol=2e-3, rtol=0)

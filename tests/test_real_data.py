@@ -106,24 +106,29 @@ def test_real_pool_contents():
     meta = real.read_real_meta(REAL_CACHE)
     assert isinstance(pool, Pool2D) and pool.skeleton is LSP14
     n = len(pool)
-    assert pool.images.shape == (n, 3, 160, 160) and pool.images.dtype == torch.uint8
+    # The stored size and margin the cache was built with (160 / 10 % before issue 13, POOL_SIZE / POOL_MARGIN
+    # since; the cache records both).
+    size = meta["pool"]["image_size"][0]
+    fraction = meta["pool"].get("margin_fraction") or 0.1
+    assert size in (160, real.POOL_SIZE)
+    assert pool.images.shape == (n, 3, size, size) and pool.images.dtype == torch.uint8
     assert torch.isfinite(pool.joints).all()
-    assert ((pool.joints >= 0) & (pool.joints <= 159)).all()  # every joint inside its stored image
+    assert ((pool.joints >= 0) & (pool.joints <= size - 1)).all()  # every joint inside its stored image
     assert meta["manifest"]["outputs"]["pool.npz"]["n"] == n
     codes = (pool.ids // 100000).tolist()
     assert set(codes) <= set(real.POOL_SEQUENCES) and {1, 2, 3, 4} <= set(codes)
     kept = {k: v[0] for k, v in meta["pool"]["counts"].items() if k.startswith(("pose2sim", "sports2d"))}
     assert sum(kept.values()) == n
     assert sum(c in (1, 2, 3, 4) for c in codes) == sum(v for k, v in kept.items() if k.startswith("pose2sim"))
-    # Pose2Sim entries against the raw JSON keypoints, cropped by hand (box centred, longer side S - 2·0.1·S).
+    # Pose2Sim entries against the raw JSON keypoints, cropped by hand (box centred, longer side S - 2·margin).
     rows = [i for i, c in enumerate(codes) if c in (1, 2, 3, 4)][::37]
     for i in rows:
         cam, frame = divmod(int(pool.ids[i]), 100000)
         kp = _best_person(FILES / "pose2sim" / "pose" / f"cam{cam:02d}_json" / f"cam{cam:02d}.{frame:04d}.json")
         xy = np.array([kp[B25B[m], :2] for m in LSP_MARKERS])
         lo, hi = xy.min(0), xy.max(0)
-        scale = (160 - 32) / (hi - lo).max()
-        expected = (xy - (lo + hi) / 2) * scale + 79.5
+        scale = size * (1 - 2 * fraction) / (hi - lo).max()
+        expected = (xy - (lo + hi) / 2) * scale + (size - 1) / 2
         np.testing.assert_allclose(pool.joints[i].numpy(), expected, atol=1e-3)
     # The crop holds a person: the stored image around the joints is not flat.
     assert float(pool.images.float().std()) > 20

@@ -8,7 +8,7 @@ it needs and builds:
 - a **real 2D pool** (``pool.npz``): the 4 calibrated cameras × 100 frames of Pose2Sim's balancing trial
   with their OpenPose BODY_25B keypoints, and the frames of Sports2D's outdoor demo video with MediaPipe
   Pose labels shipped in ``gpumosaic/data/real_labels/sports2d_mediapipe.json``; every person cropped by
-  :func:`~gpumosaic.pools.build_pool` to S = 160, LSP14 joints;
+  :func:`~gpumosaic.pools.build_pool` to S = :data:`POOL_SIZE` (256, margin 20 %), LSP14 joints;
 - a **real 3D source** (``mocap.npz``): the 15 DeepMimic ``humanoid3d_*`` clips of pybullet (through
   :func:`~gpumosaic.sources.deepmimic.load_deepmimic`) and Pose2Sim's triangulated TRC trials (through
   :func:`~gpumosaic.sources.trc.load_trc`), LSP14, metres, ``z`` up, merged into one
@@ -57,6 +57,7 @@ __all__ = [
     "BODY25B_FOR_LSP14",
     "MEDIAPIPE_FOR_LSP14",
     "POOL_SEQUENCES",
+    "POOL_MARGIN",
     "MOCAP_SEQUENCES",
     "default_cache_dir",
     "sha256_file",
@@ -78,8 +79,14 @@ __all__ = [
 FORMAT_VERSION = 1
 """Bumped whenever what :func:`gpumosaic.prepare.prepare` builds changes: an older cache is then rebuilt."""
 
-POOL_SIZE = 160
-"""Stored side S of the real pool's crops (the demo pool's size)."""
+POOL_SIZE = 256
+"""Stored side S of the real pool's crops. 256 with :data:`POOL_MARGIN` = 20 %: the joints span 154 px
+(the engine's 220 box spans them over 176 px, so a warp upsamples 1.14× instead of 1.375× at the former
+160 / 10 %), and rotated warps find real context instead of padding. Chosen by the fidelity benchmark
+(docs/fidelity.md); caches built before keep their 160-px crops until ``gpumosaic data prepare --force``."""
+
+POOL_MARGIN = 0.2
+"""Crop margin of the real pool as a fraction of :data:`POOL_SIZE` (``build_pool``'s default is 10 %)."""
 
 ENV_VAR = "GPUMOSAIC_CACHE"
 
@@ -565,7 +572,8 @@ def read_real_meta(cache: PathLike | None = None) -> dict:
 
 
 def load_real_pool(device: torch.device | str | None = None, cache: PathLike | None = None) -> Pool2D:
-    """The prepared real pool: N people, uint8 (N, 3, 160, 160) RGB crops, LSP14 joints (N, 14, 2) in stored
+    """The prepared real pool: N people, uint8 (N, 3, S, S) RGB crops (S = :data:`POOL_SIZE` = 256 when built by
+    this version; caches built before hold 160), LSP14 joints (N, 14, 2) in stored
     pixels, ids ``code * 100000 + frame`` (:data:`POOL_SEQUENCES`).
 
     Raises:
