@@ -54,11 +54,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from gpumosaic import Mocap3D
-from gpumosaic.camera import look_at, project, torso_centre
+from gpumosaic import Mocap3D, MosaicSettings, ViewSettings
+from gpumosaic.camera import look_at, project, torso_centre, view_angles
 from gpumosaic.classes import PoseClasses
-from gpumosaic.dataset import OnlineMosaicDataset, view_angles
-from gpumosaic.geometry import default_margin, fit_to_box
+from gpumosaic.dataset import OnlineMosaicDataset
+from gpumosaic.geometry import fit_to_box
 from gpumosaic.metrics import (
     MM_PER_M,
     classification_rate,
@@ -240,15 +240,14 @@ def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Ten
     poses = ds.poses  # (M, J, 3) world metres, on ds.device
     m = torch.arange(poses.shape[0], device=poses.device)[:, None]
     v = torch.arange(views, device=poses.device)[None, :]
-    az, el = view_angles(m, v, ds.seed, ds.azimuth_range, ds.elevation_range)  # (M, V)
+    az, el = view_angles(m, v, ds.seed, ds.views)  # (M, V)
     target = torso_centre(poses, ds.skeleton)[:, None, :]  # (M, 1, 3)
     R, t = look_at(target, az, el, ds.distance)  # (M, V, 3, 3), (M, V, 3)
     # Camera frame p_cam = R p + t, then the oriented pose (torso-centred), as the dataset computes them.
     cam = torch.einsum("...ij,...kj->...ki", R, poses[:, None]) + t[..., None, :]  # (M, V, J, 3)
     pose3d = cam - torso_centre(cam, ds.skeleton)[..., None, :]
     settings = ds.engine.settings
-    margin = default_margin(settings.size) if settings.margin is None else settings.margin
-    pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, margin)
+    pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, settings.margin)
     j = poses.shape[1]
     return pose3d.reshape(-1, j, 3), pose2d.reshape(-1, j, 2)
 
@@ -499,8 +498,9 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
     if per_epoch == 0:
         raise SystemExit(f"Too few training pairs ({M} poses x {args.views} views) for {world} ranks x "
                          f"{streams} workers x batch {args.batch_size}")
-    ds = ResumableMosaicDataset(pool, train_mocap, args.batch_size, views_per_pose=args.views, device=device,
-                                seed=args.seed, engine={"size": args.size}, batches_per_epoch=per_epoch,
+    ds = ResumableMosaicDataset(pool, train_mocap, args.batch_size, views=ViewSettings(views_per_pose=args.views),
+                                device=device, seed=args.seed, engine=MosaicSettings(size=args.size),
+                                batches_per_epoch=per_epoch,
                                 drop_last=True, rank=rank, world_size=world)
     say(f"demo data: {len(pool)} pool images; mocap {M} training poses, {len(test_mocap)} held-out poses "
         f"(last {args.heldout_subjects} subjects); {world} rank(s) x {per_epoch} batches of "
@@ -537,7 +537,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
         eval_bs = min(args.eval_samples, max(args.batch_size, 32))
         n_pairs = len(test_mocap) * args.eval_views
         n_eval = min(math.ceil(min(args.eval_samples, n_pairs) / eval_bs) * eval_bs, n_pairs)  # samples drawn
-        eval_ds = OnlineMosaicDataset(None, test_mocap, eval_bs, views_per_pose=args.eval_views, classes=classes,
+        eval_ds = OnlineMosaicDataset(None, test_mocap, eval_bs, views=ViewSettings(views_per_pose=args.eval_views),
+                                      classes=classes,
                                       device=device, seed=args.seed + 1, engine=ds.engine,
                                       batches_per_epoch=math.ceil(n_eval / eval_bs), rank=0, world_size=1)
         # An own generator: creating a DataLoader iterator draws a seed from it (from the global RNG

@@ -28,7 +28,8 @@ Layout of ``DIR``
         for image, pose2d, pose3d, label in loader:   # (64, 3, S, S), (64, J, 2), (64, J, 3), (64,)
             ...
 
-Annotation record (``{key}.json``; the fields of ``gpumosaic generate``'s records plus the sample's ids)
+Annotation record (``{key}.json``, built by :func:`gpumosaic.batch.annotation_records` like ``gpumosaic
+generate``'s records, plus the sample's ids)
     ``key`` str, ``index`` int (global sample index), ``image`` member name, ``skeleton`` name,
     ``pose2d`` (J, 2) the 2D label in the S_img × S_img box (pixels, x right, y down, pixel centres at
     integers), ``pose3d`` (J, 3) oriented 3D pose (camera axes x right, y down, z forward, metres,
@@ -41,8 +42,8 @@ Annotation record (``{key}.json``; the fields of ``gpumosaic generate``'s record
 
 Which sample is index i
     Sample ``i`` is the (pose, view) pair ``epoch_permutation(M·V, seed, epoch=i // (M·V))[i % (M·V)]``
-    (:func:`gpumosaic.dataset.epoch_permutation`; M mocap poses, V = ``views_per_pose`` views, cameras from
-    the counter-based :func:`gpumosaic.dataset.view_angles`) synthesised by
+    (:func:`gpumosaic.sharding.epoch_permutation`; M mocap poses, V = ``views.views_per_pose`` views, cameras
+    from the counter-based :func:`gpumosaic.camera.view_angles`) synthesised by
     :meth:`OnlineMosaicDataset.synthesise <gpumosaic.OnlineMosaicDataset.synthesise>`: the export is the
     single-process stream of ``OnlineMosaicDataset(..., seed=seed)`` over epochs 0, 1, 2, … cut into
     shards. It depends on ``(seed, i)`` only, never on the rank, the number of processes, or where an
@@ -112,10 +113,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .camera import _look_at, _torso_centre
-from .dataset import OnlineMosaicDataset, _resolve_rank, epoch_permutation
+from .batch import annotation_records
+from .dataset import OnlineMosaicDataset
 from .engine import MosaicEngine
+from .settings import ViewSettings
 from .shardfile import ExportLock, index_name, member_checksums, verify_shard, write_index
+from .sharding import epoch_permutation, resolve_rank
 from .sources.base import Mocap3D
 
 __all__ = ["ExportReport", "export_shards", "read_shards", "shard_name", "sample_key"]
@@ -187,7 +190,7 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def _config(n, shard_size, engine: MosaicEngine, mocap: Mocap3D, seed, image_format, jpeg_quality,
-            views_per_pose, classes=None) -> dict:
+            views: ViewSettings, classes=None) -> dict:
     settings = asdict(engine.settings)
     for transient in ("warp_chunk", "retrieval_budget", "compile"):  # speed/memory knobs, not semantics
         settings.pop(transient, None)
@@ -198,7 +201,8 @@ def _config(n, shard_size, engine: MosaicEngine, mocap: Mocap3D, seed, image_for
         "seed": seed,
         "image_format": image_format,
         "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
-        "views_per_pose": views_per_pose,
+        "views_per_pose": views.views_per_pose,
+        **({} if views == ViewSettings(views_per_pose=views.views_per_pose) else {"views": asdict(views)}),
         "key_width": _key_width(n),
         "skeleton": engine.skeleton.name,
         "engine": settings,
@@ -311,50 +315,20 @@ def _batch_members(ds: OnlineMosaicDataset, pairs: torch.Tensor, start: int, n: 
                    jpeg_quality: int) -> list[list[tuple[str, bytes]]]:
     """Synthesise samples ``start..start+len(pairs)-1``; return each sample's ``(member name, bytes)``."""
     batch = ds.synthesise(pairs)
-    m = batch["mocap_index"]
     with torch.no_grad():
-        # The cameras of OnlineMosaicDataset.synthesise (same inputs, same function).
-        R, t = _look_at(_torso_centre(ds.poses[m], ds.skeleton), batch["azimuth"], batch["elevation"],
-                        torch.full_like(batch["azimuth"], ds.distance))
-        matches = batch["matches"]
-        source_rows = torch.where(matches >= 0, matches % len(ds.engine.pool), -1)
-        images = (batch["image"].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        images = (batch.image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     # One device -> host copy per batch (I/O code; the synthesis above made no sync).
-    host = {k: v.cpu() for k, v in batch.items() if k != "image"}
-    images, R, t, source_rows = images.cpu().numpy(), R.cpu(), t.cpu(), source_rows.cpu()
+    images = images.cpu().numpy()
+    keys = [sample_key(start + k, n) for k in range(len(pairs))]
+    names = [f"{key}.{image_format}" for key in keys]
+    records = annotation_records(batch, ds.skeleton.name, names, keys=keys,
+                                 indices=range(start, start + len(pairs)))
+    host = {name: getattr(batch, name).cpu() for name in ("label", "pose2d", "pose3d", "occluded")}
     out = []
-    for k in range(len(pairs)):
-        index = start + k
-        key = sample_key(index, n)
-        image_name = f"{key}.{image_format}"
-        record = {
-            "key": key,
-            "index": index,
-            "image": image_name,
-            "skeleton": ds.skeleton.name,
-            "pose2d": host["pose2d"][k].tolist(),
-            "pose3d": host["pose3d"][k].tolist(),
-            "occluded": host["occluded"][k].tolist(),
-            "mocap_index": int(host["mocap_index"][k]),
-            "mocap_id": int(host["mocap_id"][k]),
-            "pair_index": int(host["pair_index"][k]),
-            "view_index": int(host["view_index"][k]),
-            "camera": {
-                "azimuth_deg": float(host["azimuth"][k]),
-                "elevation_deg": float(host["elevation"][k]),
-                "distance_m": ds.distance,
-                "focal_px": ds.focal,
-                "cam_from_world_R": R[k].tolist(),
-                "cam_from_world_t": t[k].tolist(),
-            },
-            "matches": host["matches"][k].tolist(),
-            "source_rows": source_rows[k].tolist(),
-            "source_ids": host["source_ids"][k].tolist(),
-            "mirrored": host["mirrored"][k].tolist(),
-        }
+    for k, (name, image, key, record) in enumerate(zip(names, images, keys, records)):
         if ds.classes is not None:
             record["class"] = int(host["label"][k])
-        members = [(image_name, _encode(images[k], image_format, jpeg_quality)),
+        members = [(name, _encode(image, image_format, jpeg_quality)),
                    (f"{key}.json", json.dumps(record, separators=(",", ":")).encode())]
         if ds.classes is not None:
             members.append((f"{key}.cls", str(record["class"]).encode()))
@@ -389,7 +363,7 @@ def export_shards(
     batch_size: int = 16,
     image_format: str = "png",
     jpeg_quality: int = 95,
-    views_per_pose: int = 180,
+    views: ViewSettings | None = None,
     classes=None,
     rank: int | None = None,
     world_size: int | None = None,
@@ -410,7 +384,8 @@ def export_shards(
         batch_size: B > 0, samples per engine call (batches never straddle shards).
         image_format: ``"png"`` (lossless) or ``"jpg"``.
         jpeg_quality: 1..100, for ``"jpg"``.
-        views_per_pose: V, cameras per mocap pose (paper: 180).
+        views: the cameras (:class:`~gpumosaic.settings.ViewSettings`; V = ``views.views_per_pose``,
+            paper: 180); ``None``: the paper's.
         classes: pose classes (:class:`~gpumosaic.classes.PoseClasses` on the engine's device) giving each
             sample's ``.cls`` member and ``class`` field; ``None``: neither is written.
         rank, world_size: this process's place; both ``None``: from ``torch.distributed`` when initialised,
@@ -431,7 +406,9 @@ def export_shards(
     n = _check_int(n, "n", 1)
     shard_size = _check_int(shard_size, "shard_size", 1)
     batch_size = _check_int(batch_size, "batch_size", 1)
-    views_per_pose = _check_int(views_per_pose, "views_per_pose", 1)
+    views = ViewSettings() if views is None else views
+    if not isinstance(views, ViewSettings):
+        raise TypeError(f"Expected views to be a ViewSettings or None, got {type(views).__name__}")
     seed = _check_int(seed, "seed", 0)
     jpeg_quality = _check_int(jpeg_quality, "jpeg_quality", 1)
     if jpeg_quality > 100:
@@ -442,15 +419,15 @@ def export_shards(
         raise TypeError(f"Expected engine to be a MosaicEngine, got {type(engine).__name__}")
     if not isinstance(mocap, Mocap3D):
         raise TypeError(f"Expected mocap to be a Mocap3D, got {type(mocap).__name__}")
-    rank, world_size = _resolve_rank(rank, world_size)
+    rank, world_size = resolve_rank(rank, world_size)
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"Expected out to be a folder, but {out} is a file")
     out.mkdir(parents=True, exist_ok=True)
-    config = _config(n, shard_size, engine, mocap, seed, image_format, jpeg_quality, views_per_pose, classes)
+    config = _config(n, shard_size, engine, mocap, seed, image_format, jpeg_quality, views, classes)
     digest = _digest(config)
-    ds = OnlineMosaicDataset(None, mocap, batch_size, views_per_pose, device=engine.device, seed=seed,
+    ds = OnlineMosaicDataset(None, mocap, batch_size, views, device=engine.device, seed=seed,
                              engine=engine, rank=0, world_size=1, classes=classes)
     order = _PairOrder(ds.num_pairs, seed)
     exts = _member_exts(image_format, classes is not None)

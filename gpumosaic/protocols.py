@@ -1,7 +1,7 @@
 """Run the evaluation protocols on a test set: predictions -> report (``gpumosaic evaluate``'s engine).
 
 * :func:`predict_test_set`: crop every test person into the network box exactly as the protocol does (the
-  :func:`~gpumosaic.geometry.fit_to_box` square of its ground-truth joints, :func:`~gpumosaic.sources.build.build_pool`)
+  :func:`~gpumosaic.geometry.fit_to_box` square of its ground-truth joints, :func:`~gpumosaic.pools.build_pool`)
   and run a checkpoint; poses mapped back to image pixels.
 * :func:`evaluate_predictions`: every metric of :mod:`gpumosaic.evaluate` on those (or any) predictions,
   with bootstrap intervals over the test set's instants, per-joint tables and the class lower bounds:
@@ -98,7 +98,8 @@ class EvaluationReport:
 
 @torch.no_grad()
 def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: torch.device | str | None = None,
-                     batch_size: int = 64, k: int = 1, progress: bool = True) -> TestPredictions:
+                     batch_size: int = 64, k: int = 1, progress: bool = True,
+                     read_image=None) -> TestPredictions:
     """Run ``checkpoint`` on every test person, cropped by the protocol's box (its ground-truth joints).
 
     Args:
@@ -108,13 +109,15 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
         batch_size: people cropped and predicted at a time.
         k: top-k classes kept in ``classes`` (the poses are the top-1's).
         progress: tqdm bar on stderr.
+        read_image: ``path -> (H, W, 3) uint8 RGB`` for the test set's image paths (default: OpenCV's
+            ``imread``; pass a reader for e.g. video-frame pseudo paths).
 
     Returns:
         :class:`TestPredictions` with 2D poses in image pixels.
     """
     from tqdm import tqdm
 
-    from .sources.build import build_pool
+    from .pools import build_pool
 
     if test.skeleton.name != checkpoint.skeleton:
         raise ValueError(f"Test set skeleton {test.skeleton.name} differs from the checkpoint's {checkpoint.skeleton}")
@@ -127,7 +130,7 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
     for start in tqdm(range(0, len(test), batch_size), disable=not progress, file=sys.stderr, unit="batch",
                       desc="predict"):
         part = test.annotations.subset(torch.arange(start, min(start + batch_size, len(test))))
-        pool = build_pool(part, s, checkpoint.margin, device=device)
+        pool = build_pool(part, s, checkpoint.margin, device=device, read_image=read_image)
         _, box_from_image = fit_to_box(part.joints.double(), s, checkpoint.margin)
         pred = predict_crops(model, checkpoint, pool.images, k)
         pose2d.append(apply_affine(invert_affine(box_from_image), pred.pose2d[:, 0].double().cpu()).float())

@@ -1,4 +1,4 @@
-"""The hard engine as one graph: ``torch.compile(engine.step, fullgraph=True)`` against the eager engine.
+"""The hard engine as one graph: ``torch.compile(engine.synthesise, fullgraph=True)`` against the eager engine.
 
 The default test traces with the ``aot_eager`` backend: the same Dynamo capture and AOT functionalisation as
 inductor (a graph break, ``.item()`` or a data-dependent shape fails it), without generating C++ (seconds,
@@ -42,9 +42,9 @@ def test_engine_step_is_one_graph_and_equals_eager():
     eng = _small_engine()
     q, searched = _queries()
     with unchecked():
-        ref = eng.step(q, searched)  # eager: sparse warps on the CPU
-        dense = _small_engine(warps="dense").step(q, searched)
-        compiled = torch.compile(eng.step, fullgraph=True, dynamic=False, backend="aot_eager")
+        ref = eng.synthesise(q, searched)  # eager: sparse warps on the CPU
+        dense = _small_engine(warps="dense").synthesise(q, searched)
+        compiled = torch.compile(eng.synthesise, fullgraph=True, dynamic=False, backend="aot_eager")
         got = compiled(q, searched)
     assert got.warped is not None  # dense warps inside a graph
     _assert_same(got, ref)

@@ -16,7 +16,9 @@ import torch
 
 from gpumosaic import MosaicEngine, load_demo_mocap, load_demo_pool
 from gpumosaic.cli import main
-from gpumosaic.dataset import OnlineMosaicDataset, epoch_permutation
+from gpumosaic.dataset import OnlineMosaicDataset
+from gpumosaic.settings import ViewSettings
+from gpumosaic.sharding import epoch_permutation
 from gpumosaic.export import ExportReport, export_shards, read_shards, sample_key, shard_name
 from gpumosaic.geometry import fit_to_box
 from gpumosaic.shardfile import ExportLockedError, index_name
@@ -128,7 +130,7 @@ def test_samples_follow_the_dataset_stream(reference, engine, data):
 def test_pair_order_wraps_over_epochs(tmp_path, engine, data):
     """With M·V = 4 pairs, keys 0..9 run through epoch permutations 0, 1, 2 (plain-loop reference)."""
     small = Mocap3D(data[1].poses[:2], data[1].skeleton, data[1].ids[:2])
-    _export(tmp_path, engine, small, n=10, shard_size=4, views_per_pose=2, seed=3)
+    _export(tmp_path, engine, small, n=10, shard_size=4, views=ViewSettings(views_per_pose=2), seed=3)
     got = [rec["pair_index"] for _, _, rec in read_shards(tmp_path, decode=False)]
     expected = [int(epoch_permutation(4, 3, i // 4)[i % 4]) for i in range(10)]
     assert got == expected
@@ -438,6 +440,10 @@ def test_labels_cls_and_npy_members(reference, tmp_path, engine, data):
             np.testing.assert_array_equal(arrays["occluded"], np.array(rec["occluded"], bool))
     with pytest.raises(ValueError, match=r"export.json differs in \['classes'\]"):
         _export(tmp_path, engine, data[1])  # the same folder without classes: another export
+    classes.save(tmp_path / "classes.npz")  # the CLI's --classes gives the same shards
+    assert main(["export", "--n", str(N), "--out", str(tmp_path / "cli"), *CLI_ARGS,
+                 "--classes", str(tmp_path / "classes.npz")]) == 0
+    assert _shard_bytes(tmp_path / "cli") == _shard_bytes(tmp_path)
 
 
 def test_webdataset_reads_the_documented_pipeline(reference, tmp_path, engine, data):
