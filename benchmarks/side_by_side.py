@@ -174,7 +174,7 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
     trim_heap()
     rss_engine = rss_mb()
     index_bytes = engine.index.nbytes()
-    t_ref_build, _, ref = _clock(lambda: ReferenceEngine(pool, LSP14, size=args.size))
+    t_ref_build, _, ref = _clock(lambda: ReferenceEngine(pool, LSP14, engine.settings))  # the same settings
     rss_ref = rss_mb()
     queries = make_queries(mocap_poses, args.rounds + 1, args.batch, args.seed)
     s = engine.settings
