@@ -13,17 +13,29 @@ Sources: ``--pool KIND:PATH`` and ``--mocap KIND:PATH`` pick the 2D pool and the
 cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`` pass loader keywords. Without
 them the prepared real data is used when its cache is ready, else the embedded synthetic demo data (with a
 one-line notice).
+
+Threads: every command that computes takes ``--threads N``; the default is the cores this process may use,
+with ``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported (see :mod:`gpumosaic.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import torch
+from . import threads as _threads
+
+# Before torch is imported: libgomp reads OMP_WAIT_POLICY once, when torch loads it (gpumosaic.threads).
+_threads.prefer_passive_wait()
+
+import torch  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -40,11 +52,80 @@ def _paper(args) -> dict:
 
 
 def _device(name: str) -> torch.device:
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` where available); a clear error else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"error: --device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {name} requested but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SystemExit(f"error: --device {name} requested but MPS is not available")
+    elif device.type != "cpu":
+        raise SystemExit(f"error: --device: unsupported device {name!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _out_dir(path: Path, flag: str = "--out") -> Path:
+    """Create the output folder ``path`` or exit with a one-line reason (a file, not writable, ...)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: {flag} {path} is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"error: {flag} {path}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {flag} {path} is not writable")
+    return path
+
+
+def _say(text: str, quiet: bool = False) -> None:
+    """Immediate feedback on stderr (before slow loading, ahead of the progress bar)."""
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _plain(text: str) -> str:
+    """reST markup out of a docstring for ``--help``: ``x`` -> x, :func:`~a.b` -> b, :mod:`a.b` -> a.b."""
+    text = re.sub(r":\w+:`~[\w.]*?\.?(\w+)`", r"\1", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (unless the help already names it, or it is None / a flag / a list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False or default == argparse.SUPPRESS
+                or default == [] or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _clean_warnings():
+    """Warnings as one ``warning: message`` line on stderr (no source file and line) while a command runs."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 SPECIAL_KINDS = ("demo", "real")
@@ -68,12 +149,20 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpumosaic", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = _Parser(prog="gpumosaic", description=_plain(__doc__.split("\n\nSources:")[0]))
+    parser.add_argument("--version", action="version", version=f"gpumosaic {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = sub.add_parser("generate", help="write N mosaics and one annotations file")
-    gen.add_argument("--n", type=int, required=True, help="number of mosaics")
-    gen.add_argument("--out", type=Path, required=True, help="output folder")
+    # "--num-samples": the spelling torchrun's own parser does not take for an abbreviation of its options.
+    gen.add_argument("--n", "--num-samples", dest="n", type=int, required=True,
+                     help="number of mosaics (under torchrun write --num-samples)")
+    gen.add_argument("--out", type=Path, required=True,
+                     help="output folder; one that holds an earlier generate output is refused unless --overwrite")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier generate output in --out (its images/*.png|jpg and annotations.jsonl)")
     gen.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
     gen.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
@@ -84,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(gen)
 
     pre = sub.add_parser("preview", help="draw the paper's Figure 2 for one query")
-    pre.add_argument("--out", type=Path, required=True, help="figure path (.png)")
-    pre.add_argument("--device", default="auto")
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--out", type=Path, required=True,
+                     help="figure path; .png is added when it has no suffix, preview.png inside an existing folder")
+    pre.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    pre.add_argument("--seed", type=int, default=0, help="random seed of the query pose and view")
     pre.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     pre.add_argument("--no-fidelity", action="store_true",
                      help="skip the independent detector's score even when $GPUMOSAIC_DETECTOR_PYTHON is set")
@@ -109,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
     exp.add_argument("--size", type=int, default=220,
                      help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
+    exp.add_argument("--classes", type=Path, default=None,
+                     help="pose classes (.npz of PoseClasses.save): adds each sample's .cls member and class field")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(exp)
 
@@ -142,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="side of the box the --classes mean 2D poses are in (margin 10 %%; default 220)")
     ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     ev.add_argument("--batch-size", type=int, default=64, help="test people per network call")
     ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     ev.add_argument("--level", type=float, default=0.95, help="confidence level")
@@ -156,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--k", type=int, default=5, help="number of classes returned")
     pr.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
     pr.add_argument("--overlay", type=Path, default=None, help="write the overlay picture here (.png)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    _threads.add_threads_option(sub, exclude=("data",))  # every command that computes, new ones included
     return parser
 
 
@@ -257,6 +350,26 @@ def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device
     return pose_idx, views.select_view(0)
 
 
+_GENERATED_IMAGE = re.compile(r"^\d{7}\.(png|jpg)$")
+
+
+def _replace_earlier_output(out: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``--overwrite``, delete) an earlier ``generate`` output in ``out``: its numbered images
+    and ``annotations.jsonl``, so that no stale image survives a rerun with a smaller ``--n``."""
+    folder = out / "images"
+    images = sorted(p for p in folder.iterdir() if _GENERATED_IMAGE.match(p.name)) if folder.is_dir() else []
+    annotations = out / "annotations.jsonl"
+    if not images and not annotations.exists():
+        return
+    if not overwrite:
+        raise SystemExit(f"error: --out {out} holds an earlier generate output ({len(images)} images"
+                         f"{' and annotations.jsonl' if annotations.exists() else ''}); pass --overwrite to replace "
+                         f"it, or choose another folder")
+    for path in images:
+        path.unlink()
+    annotations.unlink(missing_ok=True)
+
+
 def generate(args) -> int:
     import cv2
     from tqdm import tqdm
@@ -267,10 +380,12 @@ def generate(args) -> int:
     if args.n <= 0 or args.batch_size <= 0:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
+    out = _out_dir(args.out)
+    _say(f"generate: loading the pool and mocap ({device})...", args.quiet)
     pool, mocap = sources_from_args(args, device)
+    _replace_earlier_output(out, args.overwrite)
     engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(out / "annotations.jsonl", "w") as ann, tqdm(
@@ -299,16 +414,23 @@ def preview(args) -> int:
     from .viz import pipeline_figure, preview_fidelity
 
     device = _device(args.device)
+    path = Path(args.out)
+    if path.is_dir():
+        path = path / "preview.png"
+    elif not path.suffix:
+        path = path.with_suffix(".png")  # what matplotlib's savefig would write
+    _out_dir(path.parent, "--out's folder")
+    _say(f"preview: loading the pool and mocap ({device})...")
     pool, mocap = sources_from_args(args, device)
+    _say("preview: synthesising one mosaic and drawing the figure...")
     engine = MosaicEngine(pool, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
     res = engine(views.pose2d, views.occluded)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     # Optional: the independent detector's score, when $GPUMOSAIC_DETECTOR_PYTHON names its environment.
     fidelity = None if args.no_fidelity else preview_fidelity(res, 0)
-    pipeline_figure(res, engine, 0, args.out, fidelity=fidelity)
-    print(f"wrote {args.out}")
+    pipeline_figure(res, engine, 0, path, fidelity=fidelity)
+    print(f"wrote {path}")
     if fidelity is not None:
         text = {k: f"PCK@0.2 {v['pck']:.2f}" if v["detected"] else "no person"
                 for k, v in fidelity.items() if k != "version"}
@@ -330,6 +452,8 @@ def export(args) -> int:
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
+    _out_dir(args.out)
+    _say(f"export: loading the pool and mocap ({device})...", args.quiet)
     if launched and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
@@ -341,10 +465,15 @@ def export(args) -> int:
         pool, mocap = sources_from_args(args, device)
         try:
             engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device, **_paper(args))
+            classes = None
+            if args.classes is not None:
+                from .classes import PoseClasses
+
+                classes = PoseClasses.load(args.classes, device=device)
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
                 image_format=args.format, jpeg_quality=args.jpeg_quality,
-                views=ViewSettings(views_per_pose=args.views_per_pose),
+                views=ViewSettings(views_per_pose=args.views_per_pose), classes=classes,
                 progress=not args.quiet,
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
@@ -442,6 +571,19 @@ def predict(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):  # the commands that compute (not `data`): torch's threads for this process
+        try:
+            _threads.configure_threads(args.threads)
+        except ValueError as err:  # e.g. OMP_NUM_THREADS=abc
+            raise SystemExit(f"error: {err}") from None
+    with _clean_warnings():
+        try:
+            return _run(args)
+        except OSError as err:  # I/O failures as one line, not a traceback
+            raise SystemExit(f"error: {err}") from None
+
+
+def _run(args) -> int:
     if args.command == "evaluate":
         return evaluate(args)
     if args.command == "predict":

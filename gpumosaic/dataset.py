@@ -57,9 +57,17 @@ Usage
             for batch in loader:
                 loss = F.cross_entropy(net(batch["image"]), batch["label"])
 
-    On CPU, ``num_workers > 0`` gives each worker its own disjoint stream (``batch_size=None``: the
-    dataset already batches). Call ``set_epoch`` before creating the iterator; with
-    ``persistent_workers=True`` the workers keep the epoch they started with. Under
+    On CPU, ``num_workers > 0`` gives each worker its own disjoint stream. Always pass ``batch_size=None``
+    to the ``DataLoader``: the dataset already batches, and the default ``batch_size=1`` would batch the
+    batches again; that is refused with a ``TypeError`` saying so. Call ``set_epoch`` before creating each
+    epoch's iterator: the epoch lives in shared memory, so DataLoader workers see it even with
+    ``persistent_workers=True`` (they re-read it when the next epoch's iterator starts). Iterating one epoch
+    twice (``set_epoch`` forgotten) warns with :class:`EpochRepeatWarning`. ``len(ds)`` (and so
+    ``len(loader)``) is the number of batches one rank yields per epoch with the ``num_workers`` given at
+    construction (default 0); a DataLoader with another worker count warns, since the count depends on it
+    (each worker's last batch may be short). Each worker runs one torch thread (DataLoader's default); pass
+    ``worker_init_fn=gpumosaic.threads.WorkerThreads(n)`` for n (n > 1: spawned workers only), keeping
+    ``main threads + workers · n`` within the cores (:mod:`gpumosaic.threads`). Under
     ``torch.distributed`` every rank builds the dataset after ``init_process_group`` (or passes ``rank`` /
     ``world_size``); pass ``drop_last=True`` or ``batches_per_epoch`` so that all ranks yield the same
     number of batches.
@@ -69,10 +77,12 @@ Shape glossary: B batch, J joints, M mocap poses, V views per pose, N pool image
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from ._check import check_seed, unchecked
 from .batch import MosaicBatch, synthetic_batch
@@ -90,11 +100,27 @@ __all__ = [
     "shard_info",
     "view_angles",
     "epoch_permutation",
+    "EpochRepeatWarning",
 ]
 
 # --------------------------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------------------------
+
+
+class EpochRepeatWarning(UserWarning):
+    """An :class:`OnlineMosaicDataset` epoch was iterated again (``set_epoch`` not called in between)."""
+
+
+def _refuse_collate(batch, *, collate_fn_map=None):
+    raise TypeError(f"OnlineMosaicDataset yields whole batches: create the DataLoader with batch_size=None (this "
+                    f"DataLoader stacks {len(batch)} of them into one, e.g. the default batch_size=1 gives "
+                    f"(1, B, ...) tensors)")
+
+
+# torch's documented extension point of default_collate (see torch.utils.data._utils.collate.collate): a
+# DataLoader that batches MosaicBatch items again fails with the message above.
+default_collate_fn_map[MosaicBatch] = _refuse_collate
 
 
 class OnlineMosaicDataset(IterableDataset):
@@ -121,6 +147,8 @@ class OnlineMosaicDataset(IterableDataset):
         rank, world_size: explicit distributed position; both ``None``: from ``torch.distributed`` if it is
             initialised now, else a single process.
         drop_last: drop each stream's last incomplete batch.
+        num_workers: the DataLoader's ``num_workers`` this dataset will be loaded with; used only by
+            ``len()`` (a different count at iteration time warns).
 
     Example:
         >>> from gpumosaic import load_demo_pool, load_demo_mocap
@@ -148,6 +176,7 @@ class OnlineMosaicDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool = False,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.device = torch.device(device)
@@ -207,7 +236,12 @@ class OnlineMosaicDataset(IterableDataset):
         self.batches_per_epoch = None if batches_per_epoch is None else int(batches_per_epoch)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.drop_last = bool(drop_last)
-        self.epoch = 0
+        if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"Expected num_workers to be a non-negative integer, got {num_workers!r}")
+        self.num_workers = int(num_workers)
+        # [epoch, last epoch whose iteration started + 1] in shared memory: DataLoader workers (forked or
+        # spawned; persistent or not) read the epoch set in the main process when their iterator starts.
+        self._epoch_cell = torch.zeros(2, dtype=torch.int64).share_memory_()
 
     # Read-only shorthands for the view settings.
     @property
@@ -242,9 +276,24 @@ class OnlineMosaicDataset(IterableDataset):
         """S, the side of the generated images."""
         return self.engine.settings.size
 
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iterator follows (shared with DataLoader workers)."""
+        return int(self._epoch_cell[0])
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch_cell[0] = check_seed(epoch, "epoch")
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose permutation the next iterator follows."""
-        self.epoch = check_seed(epoch, "epoch")
+        """Choose the epoch whose permutation the next iterator follows (also in DataLoader workers, persistent
+        ones included: the value lives in shared memory)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches (synthetic and real) one rank yields per epoch with the ``num_workers`` given at
+        construction (:meth:`num_batches`)."""
+        return self.num_batches(self.num_workers)
 
     def shard(self, worker: int | None = None, num_workers: int | None = None) -> ShardInfo:
         """This rank's :class:`ShardInfo` for a worker (default: the calling DataLoader worker, if any)."""
@@ -343,6 +392,17 @@ class OnlineMosaicDataset(IterableDataset):
                 f"Expected num_workers=0 for a dataset on {self.device} (generation runs on the device in "
                 f"the main process), got a DataLoader worker"
             )
+        epoch = self.epoch
+        if shard.worker == 0:  # one stream per rank checks: warn once per repeated epoch
+            if int(self._epoch_cell[1]) == epoch + 1:
+                warnings.warn(f"OnlineMosaicDataset: epoch {epoch} is iterated again, with the same order and "
+                              f"cameras as before; call set_epoch(epoch) before each epoch", EpochRepeatWarning,
+                              stacklevel=2)
+            self._epoch_cell[1] = epoch + 1
+            if shard.num_workers != max(self.num_workers, 1):
+                warnings.warn(f"OnlineMosaicDataset was built with num_workers={self.num_workers} but is loaded "
+                              f"with {shard.num_workers if get_worker_info() else 0}: len() assumed the former "
+                              f"and may be off; pass num_workers= to the dataset too", RuntimeWarning, stacklevel=2)
         batches = self.pair_batches(shard)
         real_perm = None
         if self.real_every:

@@ -136,7 +136,7 @@ class MosaicEngine:
             :class:`MosaicResult`.
         """
         del generator
-        query, searched = validate_query(query, occluded, self.skeleton, self.device)
+        query, searched = validate_query(query, occluded, self.skeleton, self.device, self.index.joints.dtype)
         query = query.to(dtype=self.index.joints.dtype)
         # Inputs are validated: the stages run without their own data-dependent checks (host syncs).
         with unchecked():

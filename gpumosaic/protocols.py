@@ -98,7 +98,8 @@ class EvaluationReport:
 
 @torch.no_grad()
 def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: torch.device | str | None = None,
-                     batch_size: int = 64, k: int = 1, progress: bool = True) -> TestPredictions:
+                     batch_size: int = 64, k: int = 1, progress: bool = True,
+                     read_image=None) -> TestPredictions:
     """Run ``checkpoint`` on every test person, cropped by the protocol's box (its ground-truth joints).
 
     Args:
@@ -108,6 +109,8 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
         batch_size: people cropped and predicted at a time.
         k: top-k classes kept in ``classes`` (the poses are the top-1's).
         progress: tqdm bar on stderr.
+        read_image: ``path -> (H, W, 3) uint8 RGB`` for the test set's image paths (default: OpenCV's
+            ``imread``; pass a reader for e.g. video-frame pseudo paths).
 
     Returns:
         :class:`TestPredictions` with 2D poses in image pixels.
@@ -127,7 +130,7 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
     for start in tqdm(range(0, len(test), batch_size), disable=not progress, file=sys.stderr, unit="batch",
                       desc="predict"):
         part = test.annotations.subset(torch.arange(start, min(start + batch_size, len(test))))
-        pool = build_pool(part, s, checkpoint.margin, device=device)
+        pool = build_pool(part, s, checkpoint.margin, device=device, read_image=read_image)
         _, box_from_image = fit_to_box(part.joints.double(), s, checkpoint.margin)
         pred = predict_crops(model, checkpoint, pool.images, k)
         pose2d.append(apply_affine(invert_affine(box_from_image), pred.pose2d[:, 0].double().cpu()).float())

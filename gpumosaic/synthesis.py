@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ._check import check_finite, check_shape
+from ._check import check_finite, check_shape, checks_enabled
 from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
 from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
@@ -165,9 +165,15 @@ def prepare_pool(pool: Pool2D, skeleton: Skeleton, settings: MosaicSettings) -> 
 
 
 def validate_query(
-    query: torch.Tensor, occluded: torch.Tensor | None, skeleton: Skeleton, device: torch.device
+    query: torch.Tensor, occluded: torch.Tensor | None, skeleton: Skeleton, device: torch.device,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check a public call's ``query (B, J, 2)`` and ``occluded (B, J)``.
+
+    ``compute_dtype``: the dtype the stages will compute in (default the query's). Finiteness and the
+    poses' extent are checked *after* the cast, so a finite float64 ``1e39`` (``inf`` in float32), or a
+    float32 ``±3e38`` whose ``max - min`` overflows in :func:`~gpumosaic.geometry.fit_to_box`, is refused here
+    rather than failing deep inside. An empty batch (B = 0) is refused.
 
     Returns:
         ``(query, searched)``: the query on ``device`` (its dtype kept) and bool ``searched (B, J)``.
@@ -180,7 +186,20 @@ def validate_query(
         )
     if not query.is_floating_point():
         raise TypeError(f"Expected a floating-point query, got {query.dtype}")
+    if dims["B"] == 0:
+        raise ValueError(f"Expected at least one query pose (B >= 1), got an empty batch of shape "
+                         f"{tuple(query.shape)}")
     check_finite(query, "query")
+    if checks_enabled():
+        dtype = compute_dtype or query.dtype
+        cast = query.to(dtype)
+        if not bool(torch.isfinite(cast).all()):
+            raise ValueError(f"Expected query values within the range of {dtype} (the engine computes in it), "
+                             f"got max |x| = {float(query.abs().max()):.3g}")
+        lo, hi = cast.amin(dim=1), cast.amax(dim=1)  # what fit_to_box adds and subtracts
+        if not bool(torch.isfinite(torch.cat([hi - lo, hi + lo])).all()):
+            raise ValueError(f"Expected query poses whose extent (max - min, max + min per axis) fits in {dtype}, "
+                             f"got coordinates up to |x| = {float(query.abs().max()):.3g}; scale the poses down")
     query = query.to(device=device)
     if occluded is None:
         return query, torch.ones(query.shape[:2], dtype=torch.bool, device=device)

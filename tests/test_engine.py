@@ -154,7 +154,7 @@ def test_bad_input():
         eng(torch.ones(1, 14, 2, dtype=torch.long))
     with pytest.raises(TypeError, match="bool"):
         eng(torch.rand(1, 14, 2), torch.zeros(1, 14))
-    with pytest.raises(ValueError, match="3 channels"):
+    with pytest.raises(ValueError, match=r"got \(2, 1, 8, 8\) \(grayscale"):
         Pool2D(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, 14, 2))
     with pytest.raises(ValueError, match="empty"):
         Pool2D(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 14, 2))
@@ -162,6 +162,45 @@ def test_bad_input():
         Pool2D(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 16, 2))
     with pytest.raises(ValueError, match="NaN"):
         Pool2D(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.full((1, 14, 2), float("nan")))
+
+
+def test_bad_input_edge_cases():
+    """Issue 12: huge finite queries, empty batches, float pool ranges, NaN pixels, ids, RGBA/HWC, far joints."""
+    pool = _random_pool(n=3, seed=10)
+    eng = MosaicEngine(pool, size=32)
+    q = torch.rand(1, 14, 2, generator=torch.Generator().manual_seed(0))
+    huge = q.clone()
+    huge[0, 0, 0], huge[0, 1, 0] = -3e38, 3e38
+    with pytest.raises(ValueError, match=r"extent .* fits in torch.float32"):
+        eng(huge)  # finite in float32, but max - min overflows
+    huge[0, :, 0] = 2e38
+    with pytest.raises(ValueError, match=r"extent .* fits in torch.float32"):
+        eng(huge)  # max + min overflows
+    with pytest.raises(ValueError, match=r"within the range of torch.float32 .* max \|x\| = 9.53e\+38"):
+        eng(q.double() * 1e39)  # finite in float64, inf once cast
+    out = eng(q.double() * 1e30)  # huge but representable: a normal mosaic
+    assert torch.isfinite(out.images).all()
+    with pytest.raises(ValueError, match=r"at least one query pose \(B >= 1\), got an empty batch"):
+        eng(torch.zeros(0, 14, 2))
+    joints = pool.joints
+    images = pool.images.float() / 255
+    assert len(Pool2D(images, joints)) == 3  # float in [0, 1] accepted
+    with pytest.raises(ValueError, match=r"float pool images in \[0, 1\].*divide by 255"):
+        Pool2D(images * 255, joints)
+    nan = images.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite pixels"):
+        Pool2D(nan, joints)
+    with pytest.raises(ValueError, match=r"pool ids as an integer tensor of shape \(3,\).*got \(2,\)"):
+        Pool2D(pool.images, joints, ids=torch.arange(2))
+    with pytest.raises(ValueError, match=r"RGBA: drop the alpha channel"):
+        Pool2D(torch.zeros(3, 4, 64, 48, dtype=torch.uint8), joints)
+    with pytest.raises(ValueError, match=r"channels-last \(N, H, W, C\) images: use images.permute\(0, 3, 1, 2\)"):
+        Pool2D(pool.images.permute(0, 2, 3, 1), joints)
+    far = joints.clone()
+    far[1, 4] = torch.tensor([48 * 2.0, 10.0])  # 49 px right of a 48-px-wide image
+    with pytest.warns(UserWarning, match=r"1 of 3 pool entries have joints more than 25% .* \(rows \[1\]\)"):
+        Pool2D(pool.images, far)
 
 
 def test_deterministic():

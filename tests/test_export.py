@@ -440,6 +440,10 @@ def test_labels_cls_and_npy_members(reference, tmp_path, engine, data):
             np.testing.assert_array_equal(arrays["occluded"], np.array(rec["occluded"], bool))
     with pytest.raises(ValueError, match=r"export.json differs in \['classes'\]"):
         _export(tmp_path, engine, data[1])  # the same folder without classes: another export
+    classes.save(tmp_path / "classes.npz")  # the CLI's --classes gives the same shards
+    assert main(["export", "--n", str(N), "--out", str(tmp_path / "cli"), *CLI_ARGS,
+                 "--classes", str(tmp_path / "classes.npz")]) == 0
+    assert _shard_bytes(tmp_path / "cli") == _shard_bytes(tmp_path)
 
 
 def test_webdataset_reads_the_documented_pipeline(reference, tmp_path, engine, data):

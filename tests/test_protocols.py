@@ -1,7 +1,6 @@
 """Test sets in each format, the protocol runner and ``gpumosaic evaluate``, on tiny fixture files."""
 
 import json
-import math
 
 import cv2
 import numpy as np
@@ -302,6 +301,15 @@ def test_predict_test_set_and_cli(tmp_path, tiny_backbone, capsys):
     ckpt = load_inference_checkpoint(ckpt_path)
     test = load_test_set("jsonl", tmp_path)
     preds = predict_test_set(ckpt, test, batch_size=3, k=2, progress=False)
+    reads = []
+
+    def reader(path):
+        reads.append(path.name)
+        return cv2.imread(str(path))[:, :, ::-1].copy()
+
+    again = predict_test_set(ckpt, test, batch_size=4, progress=False, read_image=reader)
+    assert sorted(reads) == [f"{i:07d}.png" for i in range(4)]
+    torch.testing.assert_close(again.pose2d, preds.pose2d)
     assert preds.pose2d.shape == (4, 14, 2) and preds.classes[:, 0].tolist() == [1, 1, 1, 1]
     torch.testing.assert_close(preds.pose3d, ckpt.classes.mean_pose3d[1].expand(4, 14, 3))
     # The top-1 2D pose in image pixels, mapped back through the protocol's box, is class 1's mean 2D pose
