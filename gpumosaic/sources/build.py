@@ -564,14 +564,33 @@ def load_annotations(kind: str, path: PathLike, **options) -> Annotations2D:
 
 def load_pool(kind: str, path: PathLike, *, size: int = 160, margin: float | None = None,
               device: torch.device | str | None = None, chunk: int = 64, antialias: bool = True,
-              padding_mode: str = "border", **options) -> Pool2D:
-    """Load 2D annotations with :func:`load_annotations` (loader ``options``) and crop them into a pool with
-    :func:`build_pool` (the other arguments)."""
+              padding_mode: str = "border", selection=None, **options) -> Pool2D:
+    """Load 2D annotations with :func:`load_annotations` (loader ``options``), keep the entries that
+    ``selection`` (a :class:`~gpumosaic.sources.select.Selection` or selector text, by the annotations' ids)
+    keeps, and crop them into a pool with :func:`build_pool` (the other arguments)."""
     annotations = load_annotations(kind, path, **options)
+    if selection is not None:
+        from .select import parse_selection
+
+        sel = parse_selection(selection) if isinstance(selection, str) else selection
+        index = torch.nonzero(sel.mask(annotations.ids)).reshape(-1)
+        if index.numel() == 0:
+            raise ValueError(f"Selection {sel.text!r} keeps none of the {len(annotations)} annotations of {path}")
+        annotations = annotations.subset(index)
     return build_pool(annotations, size, margin, device=device, chunk=chunk, antialias=antialias,
                       padding_mode=padding_mode)
 
 
-def load_mocap(kind: str, path: PathLike, *, device: torch.device | str | None = None, **options) -> Mocap3D:
-    """Run the 3D loader ``kind`` (:data:`MOCAP_KINDS`) on ``path``; its :class:`Mocap3D` on ``device``."""
-    return _resolve(MOCAP_KINDS, kind, "mocap")(path, **options).mocap.to(device)
+def load_mocap(kind: str, path: PathLike, *, device: torch.device | str | None = None, selection=None,
+               **options) -> Mocap3D:
+    """Run the 3D loader ``kind`` (:data:`MOCAP_KINDS`) on ``path``; its :class:`Mocap3D` on ``device``.
+
+    ``selection`` (a :class:`~gpumosaic.sources.select.Selection` or selector text) keeps part of it; its
+    ``seq`` and ``frame`` keys are the loader's sequence index and frame number (:class:`LoadedMocap`)."""
+    loaded = _resolve(MOCAP_KINDS, kind, "mocap")(path, **options)
+    mocap = loaded.mocap
+    if selection is not None:
+        from .select import select_mocap
+
+        mocap = select_mocap(mocap, selection, loaded.sequence, loaded.frame)
+    return mocap.to(device)
