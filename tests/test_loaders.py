@@ -707,6 +707,47 @@ def test_trc_malformed(tmp_path):
         load_trc(tmp_path / "a.trc")
 
 
+def test_trc_truncated_file_is_reported_not_read_wrong(tmp_path):
+    """A file cut inside a number (``-0.99...`` -> ``-0``) must not load that frame with a wrong value: the cut
+    row and the frames the header's NumFrames announces but the file lacks are dropped and counted."""
+    from gpumosaic.sources.trc import load_trc, read_trc
+
+    rng = np.random.default_rng(5)
+    xyz = rng.uniform(-900, 900, size=(6, len(TRC_MARKERS), 3))
+    xyz[3, TRC_MARKERS.index("RHip"), 0] = -991.2345  # the cut falls inside this number
+    _write_trc(tmp_path / "full.trc", xyz)
+    full = load_trc(tmp_path / "full.trc")
+    assert full.report.total == 6 and full.report.num_dropped == 0
+    text = (tmp_path / "full.trc").read_text()
+    cut = text.index("\t-991.2345") + len("\t-9")  # the file now ends "...\t-9"
+    (tmp_path / "cut.trc").write_text(text[:cut])
+    with pytest.warns(DroppedEntriesWarning) as record:
+        loaded = load_trc(tmp_path / "cut.trc")
+    message = str(record[0].message)
+    assert "last row cut short" in message and "missing: file has 4 of NumFrames = 6 rows" in message
+    assert loaded.report.total == 6 and loaded.report.kept == 3
+    assert loaded.report.dropped == {"cut.trc: last row cut short (no line break; file truncated)": 1,
+                                     "cut.trc: missing: file has 4 of NumFrames = 6 rows (truncated)": 2}
+    assert loaded.frame.tolist() == [0, 1, 2]
+    assert_close(loaded.mocap.poses, full.mocap.poses[:3])
+    # Cut at a line boundary: every row read is complete and kept; the missing frames are still counted.
+    (tmp_path / "half.trc").write_text(text[:text.index("\n4\t") + 1])
+    with pytest.warns(DroppedEntriesWarning, match=r"dropped 3 \(missing: file has 3 of NumFrames = 6"):
+        names, pos, _, frames = read_trc(tmp_path / "half.trc")
+    assert frames.tolist() == [1, 2, 3] and pos.shape == (3, len(TRC_MARKERS), 3)
+    with pytest.warns(DroppedEntriesWarning):
+        strided = load_trc(tmp_path / "half.trc", stride=2)  # frames 0, 2 read; 4 missing
+    assert strided.report.total == 3 and strided.report.kept == 2
+    # More rows than NumFrames: inconsistent, refused.
+    (tmp_path / "long.trc").write_text(text.replace("\t6\t16\tmm", "\t5\t16\tmm"))
+    with pytest.raises(ValueError, match=r"long.trc: 6 data rows but the header's NumFrames = 5"):
+        load_trc(tmp_path / "long.trc")
+    # A file cut inside the frame number of its last row is a truncation, not a malformed file.
+    (tmp_path / "minus.trc").write_text(text[:text.index("\n4\t") + 1] + "4\t0.05\t-")
+    with pytest.warns(DroppedEntriesWarning, match="last row cut short"):
+        assert load_trc(tmp_path / "minus.trc").report.kept == 3
+
+
 # --------------------------------------------------------------------------------------------------------
 # DeepMimic
 # --------------------------------------------------------------------------------------------------------

@@ -198,13 +198,18 @@ def _annotations(kind: str, source: PathLike, joints: np.ndarray, visible: np.nd
 
 
 def _loaded_mocap(kind: str, source: PathLike, sequences: Sequence[tuple[str, np.ndarray]], stride: int,
-                  src: Skeleton, dst: Skeleton | str, reason: str, notes: Sequence[str] = ()) -> LoadedMocap:
+                  src: Skeleton, dst: Skeleton | str, reason: str, notes: Sequence[str] = (),
+                  dropped_before: Mapping[str, int] | None = None) -> LoadedMocap:
     """Common tail of the 3D loaders: concatenate the sequences' poses (F_s, J, 3) (already strided), drop the
-    frames with non-finite values under ``reason``, convert the layout, report."""
+    frames with non-finite values under ``reason``, convert the layout, report. ``dropped_before``: frames the
+    files announce but that could not be read (reason -> count, e.g. a truncated file), counted in the
+    report's total and dropped entries."""
     dst = get_skeleton(dst)
     poses = np.concatenate([p for _, p in sequences])
     keep = np.isfinite(poses).all((1, 2))
-    report = _report(kind, source, len(keep), int(keep.sum()), {reason: int((~keep).sum())}, notes)
+    before = dict(dropped_before or {})
+    report = _report(kind, source, len(keep) + sum(before.values()), int(keep.sum()),
+                     {**before, reason: int((~keep).sum())}, notes)
     p = torch.from_numpy(np.ascontiguousarray(poses[keep], dtype=np.float64))
     if dst.name != src.name:
         p = convert(p, src, dst)

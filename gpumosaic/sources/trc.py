@@ -10,6 +10,15 @@ Layout (tab separated)::
     1  0.000  ...
 
 A marker's empty fields (a gap) read as NaN; a frame where a used marker is a gap is dropped and counted.
+
+Truncated files: the header's ``NumFrames`` is honoured. More data rows than ``NumFrames`` is an error.
+Fewer rows means the file was cut: the missing frames are counted as dropped under ``"missing: file has R of
+NumFrames rows"`` in the load report (a :class:`~gpumosaic.sources.build.DroppedEntriesWarning` names the
+counts), and when the file does not end with a line break its last row may be cut inside a number
+(``-0.99`` read as ``-0``), so that row is dropped too, under ``"last row cut short"``. A file whose header has
+no ``NumFrames`` is read without this check (a note says so). Not detectable: a file cut inside its very last
+number that still has ``NumFrames`` rows and no final line break reads like a file without a final line
+break.
 Units come from the header's ``Units`` (``mm``, ``cm``, ``m``); OpenSim's frame is ``y`` up and is rotated to
 the package's ``z``-up world by ``(x, y, z) -> (x, -z, y)``.
 
@@ -22,13 +31,15 @@ nose/eye/ear markers by :func:`gpumosaic.sources.coco.extrapolate_head_top` (an 
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..skeleton import LSP14, Skeleton
-from .build import (LoadedMocap, PathLike, _apply_weights, _check_stride, _loaded_mocap, _name_weights,
+from .build import (DroppedEntriesWarning, LoadedMocap, PathLike, _apply_weights, _check_stride, _loaded_mocap, _name_weights,
                     _source_files, _up_axis)
 from .coco import HEAD_TOP_FACTOR, extrapolate_head_top
 
@@ -59,10 +70,48 @@ _FACE = ("Nose", "LEye", "REye", "LEar", "REar")  # extrapolate_head_top's order
 def read_trc(path: PathLike) -> tuple[list[str], np.ndarray, str, np.ndarray]:
     """Parse a TRC file: ``(marker names, positions (F, M, 3) in file units, units, frame numbers (F,))``.
 
-    Gaps are NaN. ``ValueError`` naming the file and line on malformed input.
+    Gaps are NaN. ``ValueError`` naming the file and line on malformed input, including more data rows than
+    the header's ``NumFrames``. A truncated file (fewer rows than ``NumFrames``) is read as far as it is
+    complete, with a :class:`~gpumosaic.sources.build.DroppedEntriesWarning` giving the counts; a last row
+    that may be cut inside a number is left out (see the module docstring). :func:`load_trc` reports the same
+    counts in its :class:`~gpumosaic.sources.build.LoadReport`.
     """
+    parsed = _parse_trc(path)
+    dropped = parsed.dropped(1)
+    if dropped:
+        warnings.warn(f"{path}: " + ", ".join(f"dropped {n} ({why})" for why, n in dropped.items()),
+                      DroppedEntriesWarning, stacklevel=2)
+    return parsed.names, parsed.xyz, parsed.units, parsed.frames
+
+
+@dataclass(frozen=True)
+class _ParsedTRC:
+    names: list[str]
+    xyz: np.ndarray  # (F, M, 3) file units, NaN gaps
+    units: str
+    frames: np.ndarray  # (F,) int64
+    num_frames: int | None  # the header's NumFrames
+    cut: bool  # a last row without its line break was left out (truncated file)
+    notes: tuple[str, ...]
+
+    def dropped(self, stride: int) -> dict[str, int]:
+        """Frames announced by the header but not read, among those ``stride`` keeps: reason -> count."""
+        if self.num_frames is None:
+            return {}
+        read = len(self.xyz)
+        found = read + self.cut
+        out = {}
+        if self.cut:
+            out["last row cut short (no line break; file truncated)"] = int(read % stride == 0)
+        missing = len(range(found, self.num_frames)[(-found) % stride::stride])
+        out[f"missing: file has {found} of NumFrames = {self.num_frames} rows (truncated)"] = missing
+        return {k: v for k, v in out.items() if v}
+
+
+def _parse_trc(path: PathLike) -> _ParsedTRC:
     path = Path(path)
-    lines = path.read_text().splitlines()
+    raw = path.read_text()
+    lines = raw.splitlines()
     if len(lines) < 5 or not lines[0].startswith("PathFileType"):
         raise ValueError(f"{path}, line 1: not a TRC file (expected 'PathFileType' and 5 header lines)")
     keys = lines[1].split("\t")
@@ -75,6 +124,12 @@ def read_trc(path: PathLike) -> tuple[list[str], np.ndarray, str, np.ndarray]:
         n_markers = int(header["NumMarkers"])
     except ValueError:
         raise ValueError(f"{path}, line 3: NumMarkers is not an integer: {header['NumMarkers']!r}") from None
+    n_frames = None
+    if "NumFrames" in header:
+        try:
+            n_frames = int(header["NumFrames"])
+        except ValueError:
+            raise ValueError(f"{path}, line 3: NumFrames is not an integer: {header['NumFrames']!r}") from None
     cols = lines[3].split("\t")
     if len(cols) < 2 or cols[0].strip() != "Frame#":
         raise ValueError(f"{path}, line 4: expected 'Frame#<TAB>Time<TAB>names...', got {lines[3][:40]!r}")
@@ -82,10 +137,14 @@ def read_trc(path: PathLike) -> tuple[list[str], np.ndarray, str, np.ndarray]:
     if len(names) != n_markers:
         raise ValueError(f"{path}, line 4: {len(names)} marker names but NumMarkers = {n_markers}")
     width = 2 + 3 * n_markers
+    data = [(line_no, text) for line_no, text in enumerate(lines[5:], start=6) if text.strip()]
+    cut = False
+    if n_frames is not None and 0 < len(data) < n_frames and not raw.endswith(("\n", "\r")):
+        # Cut short: a last line without its line break may end inside a number (-0.99 -> -0); not trusted.
+        data.pop()
+        cut = True
     rows, frames = [], []
-    for line_no, text in enumerate(lines[5:], start=6):
-        if not text.strip():
-            continue
+    for line_no, text in data:
         fields = text.rstrip("\r\n").split("\t")
         if len(fields) > width and any(f.strip() for f in fields[width:]):
             raise ValueError(f"{path}, line {line_no}: {len(fields)} fields, expected at most {width}")
@@ -96,9 +155,15 @@ def read_trc(path: PathLike) -> tuple[list[str], np.ndarray, str, np.ndarray]:
             rows.append([float(f) if f.strip() else np.nan for f in fields[2:]])
         except ValueError:
             raise ValueError(f"{path}, line {line_no}: non-numeric field") from None
+    notes: tuple[str, ...] = ()
+    if n_frames is None:
+        notes = (f"{path.name}: the header has no NumFrames; truncation not checked.",)
+    elif len(rows) > n_frames:
+        raise ValueError(f"{path}: {len(rows)} data rows but the header's NumFrames = {n_frames}")
     if not rows:
-        raise ValueError(f"{path}: no data rows")
-    return names, np.array(rows).reshape(len(rows), n_markers, 3), header["Units"], np.array(frames)
+        raise ValueError(f"{path}: no complete data rows" + (f" (header NumFrames = {n_frames})" if n_frames else ""))
+    return _ParsedTRC(names, np.array(rows).reshape(len(rows), n_markers, 3), header["Units"],
+                      np.array(frames, dtype=np.int64), n_frames, cut, notes)
 
 
 def load_trc(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float | None = None, up: str = "y",
@@ -114,12 +179,17 @@ def load_trc(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float |
         stride: keep every ``stride``-th frame.
 
     Returns:
-        :class:`~gpumosaic.sources.build.LoadedMocap`; frames with a gap in a used marker are dropped.
+        :class:`~gpumosaic.sources.build.LoadedMocap`; frames with a gap in a used marker are dropped, and the
+        frames a truncated file lacks are counted as dropped (see the module docstring).
     """
     _check_stride(stride)
-    sequences, notes = [], []
+    sequences, notes, before = [], [], {}
     for file in _source_files(path, ".trc"):
-        markers, xyz, units, _ = read_trc(file)
+        parsed = _parse_trc(file)
+        markers, xyz, units = parsed.names, parsed.xyz, parsed.units
+        for why, n in parsed.dropped(stride).items():
+            before[f"{file.name}: {why}"] = n
+        notes.extend(parsed.notes)
         xyz = xyz[::stride]
         if scale is None:
             if units.lower() not in TRC_UNITS:
@@ -140,4 +210,5 @@ def load_trc(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float |
             lsp[:, 13] = extrapolate_head_top(lsp[:, 12], np.nan_to_num(face), np.isfinite(face).all(-1))
             notes.append(f"{file.name}: head_top = neck + {HEAD_TOP_FACTOR}·(ears' midpoint or face mean - neck).")
         sequences.append((str(file), _up_axis(lsp * metres, up, file)))
-    return _loaded_mocap("trc", path, sequences, stride, LSP14, skeleton, "gap in a used marker", notes)
+    return _loaded_mocap("trc", path, sequences, stride, LSP14, skeleton, "gap in a used marker", notes,
+                         dropped_before=before)
