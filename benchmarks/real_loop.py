@@ -18,9 +18,10 @@ the same network, K, steps, batch and seed; the trivial baselines **most frequen
 frequent class of the training crops' labels) and **mean 2D pose** (the mean box pose of the training
 crops); and the **class lower bound** (the class whose mean 2D pose is nearest the ground truth).
 
-Metric: mean 2D joint error over the 14 LSP joints, on the box normalised to 220×220 px (errors in the
-S-px box times 220/S). Paired bootstrap over test instants (``--bootstrap`` resamples, percentile 95 %
-intervals) for the mean errors and their differences. Also measured: the class prior of the mosaics against
+Metric (:mod:`gpumosaic.evaluate`, the LSP protocol): mean 2D joint error over the paper's 13 joints (and
+all 14), on the box normalised to 220×220 px (errors in the S-px box times 220/S: ``fit_to_box`` is a
+similarity). Bootstrap over test instants (``--bootstrap`` resamples, percentile 95 % intervals) for the
+means, paired bootstrap for their differences. Also measured: the class prior of the mosaics against
 the test poses' classes, and the classifiers' training curves. Everything goes to ``OUT/results.json``; the
 table is printed. Rerunning the same command resumes unfinished training (checkpoints under ``OUT``).
 """
@@ -37,6 +38,15 @@ from pathlib import Path
 
 import torch
 
+from gpumosaic.evaluate import (
+    bootstrap_ci,
+    class_lower_bound,
+    joint_errors,
+    mean_error,
+    paired_bootstrap,
+    paper_joints,
+    per_joint_table,
+)
 from gpumosaic.realcrops import class_box_poses, real_crops, real_labels
 from gpumosaic.sources.real import load_real_mocap, load_real_pool
 from gpumosaic.sources.select import select_mocap, select_pool
@@ -50,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="out/real_loop")
     p.add_argument("--figure", default=None, help="write the figure (PNG) here")
-    p.add_argument("--steps", type=int, default=120)
-    p.add_argument("--size", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--classes", type=int, default=30)
     p.add_argument("--views", type=int, default=16)
     p.add_argument("--mosaic-cache", type=int, default=12, help="mosaic batches synthesised once and reused")
@@ -77,28 +87,6 @@ def splits(test_camera: int, test_from: int) -> dict[str, str]:
         "test_seen_cameras": f"camera={others},frame={test_from}-",
         "mocap": f"clip=1,frame=0-{test_from - 1}|clip=2|clip=10-24",
     }
-
-
-def bootstrap(errors: dict[str, torch.Tensor], instants: torch.Tensor, pairs: list[tuple[str, str]], n: int,
-              seed: int) -> dict:
-    """Paired bootstrap over instants: resample instants with replacement; every row's mean error and every
-    pair's mean difference on the same resamples. Returns ``{name: {mean, lo, hi}}``."""
-    ids, inv = torch.unique(instants, return_inverse=True)
-    u = ids.numel()
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.randint(u, (n, u), generator=gen)  # (n, U) instant indices
-    weights = torch.zeros(n, u).scatter_add_(1, draws, torch.ones(n, u))  # (n, U) multiplicities
-    per_img = weights[:, inv]  # (n, I): each image weighted by its instant's multiplicity
-    per_img = per_img / per_img.sum(1, keepdim=True)
-
-    def stats(v: torch.Tensor) -> dict:
-        b = per_img @ v.double().float()
-        return {"mean": float(v.mean()), "lo": float(b.quantile(0.025)), "hi": float(b.quantile(0.975))}
-
-    out = {k: stats(v) for k, v in errors.items()}
-    for a, b in pairs:
-        out[f"{a} - {b}"] = stats(errors[a] - errors[b])
-    return out
 
 
 def main(argv=None) -> dict:
@@ -141,53 +129,63 @@ def main(argv=None) -> dict:
         curves[cond] = res.history
         print(f"{cond}: trained {res.step} steps ({seconds[cond]:.0f} s this run)", flush=True)
 
-    # Evaluation.
+    # Evaluation (gpumosaic.evaluate): 2D error on the normalised 220 box over the paper's 13 joints (and all
+    # 14), paired bootstrap over test instants.
     S = args.size
-    scale = BOX / S
+    scale = BOX / S  # fit_to_box is a similarity: S-box distances times 220/S are 220-box distances
+    j13 = paper_joints(pool.skeleton)
     box, valid = class_box_poses(classes, S)
-    train_imgs, train_pose = real_crops(pool, torch.arange(len(pool)), S)
+    class_poses = box[valid] * scale
+    _, train_pose = real_crops(pool, torch.arange(len(pool)), S)
     train_labels = real_labels(train_pose, classes, S, box_poses=(box, valid))
     most_frequent = int(torch.bincount(train_labels, minlength=classes.num_classes).argmax())
     mean_pose = train_pose.mean(0)
-    bank = torch.cat([b["label"] for b in shared.mosaic_store.values()]) if shared.mosaic_store else None
-
-    def err(pred, gt):  # (I, J, 2) box px -> (I,) mean joint error, px of the 220 box
-        return (pred - gt).norm(dim=-1).mean(-1) * scale
+    k = classes.num_classes
+    # Class prior: share of samples per class. The mosaic stream's is the k-means count of each class over
+    # the M x V (pose, view) pairs (class_views = views: the stream's pairs are exactly the fitted ones).
+    prior = {"mosaics": classes.counts.double() / classes.counts.sum(),
+             "real train crops": torch.bincount(train_labels, minlength=k).double() / len(train_labels)}
 
     results = {"args": vars(args), "selectors": sel, "config": asdict(base), "pool": len(pool), "mocap": len(mocap),
-               "seconds": seconds, "tests": {}}
+               "seconds": seconds, "most_frequent_class": most_frequent, "tests": {}}
     for name, test in tests.items():
         imgs, gt = real_crops(test, torch.arange(len(test)), S)
+        gt220 = gt * scale
+        instants = test.ids % 100000
         nearest = real_labels(gt, classes, S, box_poses=(box, valid))
-        errors = {}
-        top1 = {}
+        preds, top1 = {}, {}
         for cond, model in models.items():
-            pred = predict_logits(model, imgs).argmax(-1)
-            errors[cond] = err(box[pred], gt)
-            top1[cond] = float((pred == nearest).float().mean())
-        errors["most frequent class"] = err(box[most_frequent].expand_as(gt), gt)
-        errors["mean 2D pose"] = err(mean_pose.expand_as(gt), gt)
-        errors["class lower bound"] = err(box[nearest], gt)
-        pairs = [(c, o) for c in ("M+R",) if c in models for o in ("R", "most frequent class", "mean 2D pose")
-                 if o in errors] + ([("M", "R")] if "M" in models and "R" in models else [])
-        stats = bootstrap(errors, test.ids % 100000, pairs, args.bootstrap, args.seed)
-        # Class prior: share of samples in each class, mosaics vs real training crops vs this test set.
-        k = classes.num_classes
-        hist = lambda lab: torch.bincount(lab, minlength=k).double() / max(lab.numel(), 1)  # noqa: E731
-        prior = {"test": hist(nearest)}
-        prior["real train crops"] = hist(train_labels)
-        if bank is not None:
-            prior["mosaics"] = hist(bank)
-        tv = {n: 0.5 * float((p - prior["test"]).abs().sum()) for n, p in prior.items() if n != "test"}
-        results["tests"][name] = {"n": len(test), "instants": int(torch.unique(test.ids % 100000).numel()),
-                                  "stats": stats, "top1_vs_nearest_class": top1,
+            label = predict_logits(model, imgs).argmax(-1)
+            preds[cond] = box[label] * scale
+            top1[cond] = float((label == nearest).float().mean())
+        preds["most frequent class"] = (box[most_frequent] * scale).expand_as(gt220)
+        preds["mean 2D pose"] = (mean_pose * scale).expand_as(gt220)
+        rows = {}
+        for joints, tag in ((j13, "13"), (None, "14")):
+            errors = {c: mean_error(joint_errors(p, gt220), joints) for c, p in preds.items()}
+            errors["class lower bound"] = class_lower_bound(gt220, class_poses, joints).error
+            ci = {c: bootstrap_ci(e, instants, args.bootstrap).as_dict() for c, e in errors.items()}
+            pairs = [("M+R", o) for o in ("R", "M", "most frequent class", "mean 2D pose")] + [("M", "R")]
+            diff = {f"{a} - {b}": paired_bootstrap(errors[a], errors[b], instants, args.bootstrap).as_dict()
+                    for a, b in pairs if a in errors and b in errors}
+            rows[tag] = {"mean": ci, "paired": diff, "per_image": {c: e.tolist() for c, e in errors.items()}}
+        per_joint = {c: per_joint_table(joint_errors(p, gt220), pool.skeleton) for c, p in preds.items()}
+        prior_test = torch.bincount(nearest, minlength=k).double() / len(nearest)
+        tv = {n: 0.5 * float((p - prior_test).abs().sum()) for n, p in prior.items()}
+        results["tests"][name] = {"n": len(test), "instants": int(torch.unique(instants).numel()), "errors": rows,
+                                  "per_joint_px": per_joint, "top1_vs_nearest_class": top1,
                                   "class_prior_total_variation_to_test": tv,
-                                  "per_image": {c: e.tolist() for c, e in errors.items()}}
-        print(f"\n{name}: {len(test)} images, {results['tests'][name]['instants']} instants; mean 2D error, px of "
-              f"the 220 box [95% CI]")
-        for key, v in stats.items():
-            print(f"  {key:32s} {v['mean']:7.2f}  [{v['lo']:7.2f}, {v['hi']:7.2f}]")
-        print(f"  top-1 vs nearest class: {top1}; class-prior TV distance to test: {tv}")
+                                  "test_classes": torch.unique(nearest).tolist(),
+                                  "mosaic_share_in_test_classes": float(prior["mosaics"][torch.unique(nearest)].sum())}
+        print(f"\n{name}: {len(test)} images, {results['tests'][name]['instants']} instants; mean 2D error over the "
+              f"paper's 13 joints, px of the 220 box [95% CI]")
+        for c, v in rows["13"]["mean"].items():
+            print(f"  {c:24s} {v['mean']:7.2f}  [{v['low']:7.2f}, {v['high']:7.2f}]")
+        for c, v in rows["13"]["paired"].items():
+            d = v["difference"]
+            print(f"  {c:32s} {d['mean']:+7.2f}  [{d['low']:+7.2f}, {d['high']:+7.2f}]  p={v['p_value']:.3f}")
+        print(f"  top-1 = nearest class: {top1}; class-prior TV distance to the test classes: {tv}; "
+              f"share of mosaics in the test's classes: {results['tests'][name]['mosaic_share_in_test_classes']:.3f}")
     results["curves"] = curves
     results["wall_seconds"] = time.perf_counter() - t_start
     results["loadavg_start"], results["loadavg_end"] = load0, os.getloadavg()
@@ -206,14 +204,14 @@ def figure(results: dict, path: Path, shared, pool, size: int) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
-    stats = results["tests"]["held-out camera"]["stats"]
-    names = [n for n in stats if " - " not in n]
+    stats = results["tests"]["held-out camera"]["errors"]["13"]["mean"]
+    names = list(stats)
     means = [stats[n]["mean"] for n in names]
-    lo = [stats[n]["mean"] - stats[n]["lo"] for n in names]
-    hi = [stats[n]["hi"] - stats[n]["mean"] for n in names]
+    lo = [stats[n]["mean"] - stats[n]["low"] for n in names]
+    hi = [stats[n]["high"] - stats[n]["mean"] for n in names]
     ax.barh(names, means, xerr=[lo, hi], color=["C0" if n in ("R", "M", "M+R") else "0.6" for n in names])
     ax.invert_yaxis()
-    ax.set_xlabel("mean 2D error (px of the 220 box), 95% bootstrap CI")
+    ax.set_xlabel("mean 2D error, 13 joints (px of the 220 box), 95% CI")
     ax.set_title("held-out camera, held-out instants", fontsize=10)
     ax = axes[1]
     for cond, hist in results["curves"].items():
@@ -228,8 +226,7 @@ def figure(results: dict, path: Path, shared, pool, size: int) -> None:
     ax.grid(alpha=0.3)
     ax = axes[2]
     imgs = []
-    if shared.mosaic_store:
-        imgs.append(next(iter(shared.mosaic_store.values()))["image"][:4])
+    imgs.append(mosaic_batch(shared, 0)["image"][:4])
     crops, _ = real_crops(pool, torch.arange(0, len(pool), max(1, len(pool) // 4))[:4], size)
     imgs.append(crops)
     grid = torch.cat([torch.cat(list(row), dim=-1) for row in imgs], dim=-2)
