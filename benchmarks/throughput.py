@@ -24,6 +24,7 @@ images are 6.1 GB), joints jittered by N(0, 2 px) beyond the first copy so that 
     python benchmarks/throughput.py --quick                 # < 2 min on a 2-core CPU
     python benchmarks/throughput.py --devices cuda          # N ∈ {1k, 10k, 80k}, B ∈ {16, 64, 256}, ...
     python benchmarks/throughput.py --devices cpu --pool-sizes 1000 10000 --batch-sizes 8 32
+    python benchmarks/throughput.py --side-by-side          # vs the per-image reference, in alternation
 
 Writes ``benchmarks/results/throughput_<device>_<date>.json`` (one file per device) with the device name,
 torch version, git commit, date, settings and every figure, and prints a table.
@@ -384,7 +385,25 @@ def parse_args(argv=None):
                     help="also time AlexNet and ResNet-50 training steps at 220x220 (images/s) on each device")
     ap.add_argument("--consumer-batch", type=int, default=None, help="default 256 on CUDA, 16 on CPU")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    sbs = ap.add_argument_group("side by side (benchmarks/side_by_side.py)")
+    sbs.add_argument("--side-by-side", action="store_true",
+                     help="time gpumosaic and the per-image ReferenceEngine in alternation, one process, one CPU "
+                          "thread, at N = --pool-sizes (default 1000 10000 80000), B = --batch, S = 220, J = 14")
+    sbs.add_argument("--batch", type=int, default=8, help="side by side: the engine's batch (default 8)")
+    sbs.add_argument("--rounds", type=int, default=5, help="side by side: alternating rounds per N (default 5)")
+    sbs.add_argument("--fill-images", choices=["auto", "all", "base"], default="auto",
+                     help="side by side: materialise every pool image (all) or only the 480 demo images (base)")
+    sbs.add_argument("--batch-curve", type=int, nargs="*", default=[1, 4, 8, 16, 32],
+                     help="side by side: batch sizes of the cost-per-mosaic curve (engine only); none to skip")
+    sbs.add_argument("--curve-repeats", type=int, default=2)
+    sbs.add_argument("--compile", action="store_true", help="side by side: MosaicEngine(compile=True)")
     args = ap.parse_args(argv)
+    if args.side_by_side:
+        args.pool_sizes = args.pool_sizes or [1000, 10000, 80000]
+        args.size = (args.sizes or [220])[0]
+        if args.reference_images is None:
+            args.reference_images = args.batch
+        return args
     quick = dict(pool_sizes=[1000], batch_sizes=[8], joints=[14, 16], sizes=[220], repeats=3, warmup=1,
                  reference_images=2, threads=1)
     full = dict(pool_sizes=[1000, 10000, 80000], batch_sizes=None, joints=[14, 16], sizes=[220, 256],
@@ -430,6 +449,13 @@ def consumer_rates(device: str, batch: int, size: int, repeats: int, warmup: int
 
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
+    if args.side_by_side:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from side_by_side import run as run_side_by_side
+
+        return [run_side_by_side(args, REPO, _git("rev-parse", "HEAD"),
+                                 bool(_git("status", "--porcelain", "--untracked-files=no")),
+                                 lambda msg: print(msg, flush=True))]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

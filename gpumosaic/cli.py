@@ -4,7 +4,9 @@
 the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
 fetch and build the real default data (:mod:`gpumosaic.sources.real`); ``gpumosaic train --out DIR``: train
-the pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`).
+the pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`); ``gpumosaic evaluate
+--test KIND:PATH --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
+``gpumosaic predict IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
 
 Sources: ``--pool KIND:PATH[:SELECTOR]`` and ``--mocap KIND:PATH[:SELECTOR]`` pick the 2D pool and the 3D
 mocap and optionally part of it (:mod:`gpumosaic.sources.select`, e.g. ``real::camera=1-3,frame=0-49``; KIND one of
@@ -113,6 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
                            "fall back to the embedded demo data")
     prep.add_argument("--device", default="cpu", help="device for the pool crops (default cpu)")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("evaluate", help="score a checkpoint or a predictions file on real test images")
+    ev.add_argument("--test", metavar="KIND:PATH", required=True,
+                    help="test set: jsonl:FILE (gpumosaic generate's format), h36m:2D.npz (with --test-option "
+                         "mocap=3D.npz protocol=p1|p2) or a 2D loader kind (lsp, coco, mpii, openpose, h36m2d)")
+    ev.add_argument("--test-option", metavar="KEY=VALUE", action="append", default=[],
+                    help="keyword for the test set loader (repeatable), e.g. image_dir=/data/val2017")
+    ev.add_argument("--group-by", choices=("default", "entry", "id"), default="default",
+                    help="bootstrap unit: the kind's test instants (default), each entry, or shared ids")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="inference checkpoint (gpumosaic.checkpoint format)")
+    src.add_argument("--predictions", type=Path, help="predictions file (JSON Lines, one record per test entry)")
+    ev.add_argument("--classes", type=Path, default=None,
+                    help="pose classes (.npz of PoseClasses.save) for the class lower bound with --predictions")
+    ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=64, help="test people per network call")
+    ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    ev.add_argument("--level", type=float, default=0.95, help="confidence level")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pr = sub.add_parser("predict", help="top-k poses of the person in a photo, as JSON and an overlay picture")
+    pr.add_argument("image", type=Path, help="the photo (any format OpenCV reads)")
+    pr.add_argument("--checkpoint", type=Path, required=True, help="inference checkpoint")
+    pr.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None,
+                    help="person box in image pixels around the joints (default: the whole image)")
+    pr.add_argument("--k", type=int, default=5, help="number of classes returned")
+    pr.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
+    pr.add_argument("--overlay", type=Path, default=None, help="write the overlay picture here (.png)")
+    pr.add_argument("--device", default="auto")
     return parser
 
 
@@ -363,8 +396,69 @@ def data(args) -> int:
     return 0
 
 
+def evaluate(args) -> int:
+    """``gpumosaic evaluate``: see :mod:`gpumosaic.protocols`."""
+    from .checkpoint import load_inference_checkpoint
+    from .classes import PoseClasses
+    from .protocols import evaluate_predictions, load_predictions, predict_test_set, save_predictions
+    from .testsets import load_test_set
+
+    kind, path = _split_source(args.test, "--test")
+    try:
+        test = load_test_set(kind, path, group_by=args.group_by, **_options(args.test_option, "--test-option"))
+        classes, box = None, (220, None)
+        if args.checkpoint is not None:
+            device = _device(args.device)
+            ckpt = load_inference_checkpoint(args.checkpoint)
+            preds = predict_test_set(ckpt, test, device, batch_size=args.batch_size, progress=not args.quiet)
+            classes, box = ckpt.classes, ckpt.class_box
+            if args.save_predictions:
+                save_predictions(args.save_predictions, preds)
+        else:
+            preds = load_predictions(args.predictions, test)
+        if args.classes is not None:
+            classes = PoseClasses.load(args.classes)
+        report = evaluate_predictions(test, preds, classes, box, n_boot=args.n_boot, level=args.level)
+    except (OSError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(report.table())
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report.as_dict(), indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def predict(args) -> int:
+    """``gpumosaic predict``: see :mod:`gpumosaic.predict`."""
+    from .checkpoint import load_inference_checkpoint
+    from .predict import draw_prediction, predict_image, prediction_record, read_image, write_json
+
+    try:
+        image = read_image(args.image)
+        ckpt = load_inference_checkpoint(args.checkpoint)
+        model = ckpt.build_model(_device(args.device))
+        result = predict_image(model, ckpt, image, args.box, k=args.k)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    record = prediction_record(result, ckpt, str(args.image))
+    if args.json:
+        write_json(record, args.json)
+        print(f"wrote {args.json}")
+    else:
+        print(json.dumps(record, indent=1))
+    if args.overlay:
+        draw_prediction(image, result, ckpt, args.overlay)
+        print(f"wrote {args.overlay}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        return evaluate(args)
+    if args.command == "predict":
+        return predict(args)
     if args.command == "data":
         return data(args)
     if args.command == "generate":

@@ -82,7 +82,7 @@ class MosaicSettings:
     padding_mode: str = "border"
     blend: bool = True
     warp_chunk: int = 256
-    retrieval_budget: int = 256 << 20
+    retrieval_budget: int = 4 << 20
     soft: bool = False
     temperature: float = 1.0
     warps: str = "auto"

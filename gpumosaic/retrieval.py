@@ -45,6 +45,10 @@ __all__ = [
 
 EPS_PX = 1.0
 
+DEFAULT_BUDGET = 4 << 20
+"""Bytes of the exact search's two work buffers (``2·B·J·n·J·4``): a few MB keeps a chunk in the CPU's
+caches, and the working memory of a batch independent of N (measured in docs/performance.md)."""
+
 
 def joint_weights(x: torch.Tensor, eps: float = EPS_PX) -> torch.Tensor:
     """Weights ``w_k^j(x)`` of Eq. 3: (..., J, 2) -> (..., J_j, J_k), zero on the diagonal, rows sum to 1."""
@@ -114,9 +118,14 @@ class RetrievalIndex:
         joints: (Nv, J, 2) pool poses (Nv = 2N with mirroring: rows N.. are mirrored copies).
         canonical: (2, Q, Nv, J) ``c^{j,i}(q)`` for each ordered bone pair ``(j, i)`` (Q = 2(J-1)), stored as
             separate x and y planes (a reduction over a trailing size-2 axis is several times slower).
-        weights: (Nv, J, J) ``w_k^j(q)`` indexed ``[n, j, k]``.
+        weights: (J, Nv, J) ``w_k^j(q)`` indexed ``[j, n, k]`` (joint-major, so that a pool chunk
+            ``weights[:, a:b]`` lines up with the ``(B, J, n, J)`` distance block of the exact search).
         num_real: N, the number of stored (non-mirrored) entries.
         skeleton: the joint layout.
+
+    Memory: ``4·Nv·J·(2Q + J + 2)`` bytes, 0.6 GB for N = 80,000 mirrored (Nv = 160,000, J = 14); the
+    exact search adds a working set of ``2·B·J·n·J·4`` bytes (``n`` rows per chunk, from the budget)
+    whatever N is (docs/performance.md, "Memory").
     """
 
     joints: torch.Tensor
@@ -140,12 +149,23 @@ class RetrievalIndex:
         joints = torch.cat([pool, mirror_poses(pool, skeleton)], 0) if mirror else pool
         tables = _pair_tables(skeleton, pool.device)
         pair_j, pair_i = tables[0], tables[1]
-        canonical = canonical_frame(joints[None], pair_j[:, None], pair_i[:, None])  # (Q, Nv, J, 2)
-        planes = canonical.permute(3, 0, 1, 2).contiguous()  # (2, Q, Nv, J)
-        return cls(joints, planes, joint_weights(joints), pool.shape[0], skeleton, tables)
+        num_v, num_j = joints.shape[:2]
+        planes = torch.empty((2, len(pair_j), num_v, num_j), dtype=joints.dtype, device=joints.device)
+        # One ordered pair at a time straight into the planes: the build's peak is the index itself plus
+        # one (Nv, J, 2) frame, not a second (Q, Nv, J, 2) copy (fixed count: the skeleton's pairs).
+        for q in range(len(pair_j)):
+            c = canonical_frame(joints, pair_j[q], pair_i[q])  # (Nv, J, 2)
+            planes[0, q] = c[..., 0]
+            planes[1, q] = c[..., 1]
+        weights = joint_weights(joints).transpose(0, 1).contiguous()  # (J, Nv, J)
+        return cls(joints, planes, weights, pool.shape[0], skeleton, tables)
 
     def __len__(self) -> int:
         return self.joints.shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the index tables (joints, canonical planes, weights)."""
+        return sum(t.numel() * t.element_size() for t in (self.joints, self.canonical, self.weights))
 
     def _query_side(self, query: torch.Tensor):
         _, _, nbr, nbr_pair = self.pair_tables
@@ -159,14 +179,41 @@ class RetrievalIndex:
         return pair, cp, wp
 
     def _chunk_distances(self, pair, cp, wp, start: int, stop: int) -> torch.Tensor:
-        """D_j for pool rows ``start:stop``: (B, J, n)."""
-        # ||c_k(p) - c_k(q)|| for every (b, j, n, k), in place on the freshly gathered planes.
-        dx = self.canonical[0, :, start:stop][pair].sub_(cp[:, :, None, :, 0])  # (B, J, n, J)
-        dy = self.canonical[1, :, start:stop][pair].sub_(cp[:, :, None, :, 1])
-        dist = torch.hypot(dx, dy, out=dx)
-        wq = self.weights[start:stop].permute(1, 0, 2)  # (J, n, J)
-        # Σ_k (w_k^j(p) + w_k^j(q)) · dist_k: the query weights as a batched mat-vec, the pool's elementwise.
-        return (dist @ wp[..., None])[..., 0] + (dist * wq[None]).sum(-1)
+        """D_j for pool rows ``start:stop``: (B, J, n), functional form (no buffers; the compiled path and
+        :meth:`distances`). Same arithmetic, in the same order, as :class:`_ExactSearch`."""
+        dx = self.canonical[0, :, start:stop][pair] - cp[:, :, None, :, 0]  # (B, J, n, J)
+        dy = self.canonical[1, :, start:stop][pair] - cp[:, :, None, :, 1]
+        w = self.weights[None, :, start:stop] + wp[:, :, None, :]  # (B, J, n, J): w_k^j(p) + w_k^j(q)
+        return (torch.hypot(dx, dy) * w).sum(-1)
+
+    def _chunk_size(self, b: int, j: int, budget_bytes: int) -> int:
+        per_entry = max(b * j * j * 4 * 2, 1)  # the two (B, J, ·, J) float32 work buffers
+        return max(1, min(len(self), budget_bytes // per_entry))
+
+    def distances(self, query: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET) -> torch.Tensor:
+        """Eq. 3 for every query joint against every index entry: (B, J, 2) -> (B, J, Nv)."""
+        query = _check_query(query, self.skeleton, self.joints)
+        pair, cp, wp = self._query_side(query.detach())  # retrieval carries no gradient (Eq. 4 is an argmin)
+        step = self._chunk_size(*query.shape[:2], budget_bytes)
+        out = [self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))) for s in range(0, len(self), step)]
+        return torch.cat(out, -1)
+
+    def _exact(self, pair, cp, wp, budget_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4 over the whole index: ``(best index (B, J), best D (B, J))``, ties to the lowest index."""
+        b, num_j = pair.shape
+        step = self._chunk_size(b, num_j, budget_bytes)
+        if torch.compiler.is_compiling():
+            # Traced: the functional chunk (the compiler fuses gather, hypot and the weighted sum into one
+            # loop with no (B, J, n, J) intermediate), a loop count fixed by N and the budget.
+            best_d = torch.full((b, num_j), float("inf"), dtype=cp.dtype, device=cp.device)
+            best_i = torch.zeros((b, num_j), dtype=torch.long, device=cp.device)
+            for s in range(0, len(self), step):
+                cd, ci = self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))).min(dim=-1)
+                better = cd < best_d  # strict: earlier chunks win ties
+                best_d = torch.where(better, cd, best_d)
+                best_i = torch.where(better, ci + s, best_i)
+            return best_i, best_d
+        return _ExactSearch(self, pair, cp, wp, step).run()
 
     def _rerank(self, pair, cp, wp, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact Eq. 3 on candidates (B, J, L); the smallest D, ties to the lowest index."""
@@ -176,25 +223,14 @@ class RetrievalIndex:
         dy = self.canonical[1][q_sel, cand].sub_(cp[:, :, None, :, 1])
         dist = torch.hypot(dx, dy, out=dx)
         jj = torch.arange(num_j, device=cand.device)[None, :, None].expand_as(cand)
-        d = (dist @ wp[..., None])[..., 0] + (dist * self.weights[cand, jj]).sum(-1)  # (B, J, L)
+        w = self.weights[jj, cand] + wp[:, :, None, :]  # (B, J, L, J)
+        d = (dist * w).sum(-1)  # (B, J, L)
         dmin = d.amin(-1, keepdim=True)
         big = torch.iinfo(torch.long).max
         best_i = torch.where(d == dmin, cand, big).amin(-1)
         return best_i, dmin[..., 0]
 
-    def _chunk_size(self, b: int, j: int, budget_bytes: int) -> int:
-        per_entry = max(b * j * j * 4 * 3, 1)  # dx, dy and one product of (B, J, ·, J) float32
-        return max(1, min(len(self), budget_bytes // per_entry))
-
-    def distances(self, query: torch.Tensor, budget_bytes: int = 256 << 20) -> torch.Tensor:
-        """Eq. 3 for every query joint against every index entry: (B, J, 2) -> (B, J, Nv)."""
-        query = _check_query(query, self.skeleton, self.joints)
-        pair, cp, wp = self._query_side(query.detach())  # retrieval carries no gradient (Eq. 4 is an argmin)
-        step = self._chunk_size(*query.shape[:2], budget_bytes)
-        out = [self._chunk_distances(pair, cp, wp, s, min(s + step, len(self))) for s in range(0, len(self), step)]
-        return torch.cat(out, -1)
-
-    def shortlist(self, query: torch.Tensor, size: int, budget_bytes: int = 256 << 20) -> torch.Tensor:
+    def shortlist(self, query: torch.Tensor, size: int, budget_bytes: int = DEFAULT_BUDGET) -> torch.Tensor:
         """Candidates for Eq. 4 from a squared-distance proxy that decomposes into matrix products.
 
         Proxy: ``Σ_k w_k^j(p) ||c_k(p) - c_k(q)||²`` (query weights only, squared distances), which is
@@ -239,7 +275,7 @@ class RetrievalIndex:
         self,
         query: torch.Tensor,
         searched: torch.Tensor | None = None,
-        budget_bytes: int = 256 << 20,
+        budget_bytes: int = DEFAULT_BUDGET,
         shortlist: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best matches (Eq. 4): returns ``(matches (B, J) int64, distance (B, J))``.
@@ -263,19 +299,60 @@ class RetrievalIndex:
                 best_i = best_i.masked_fill(~searched, -1)
                 best_d = best_d.masked_fill(~searched, float("inf"))
             return best_i, best_d
-        step = self._chunk_size(b, j, budget_bytes)
-        best_d = torch.full((b, j), float("inf"), dtype=query.dtype, device=query.device)
-        best_i = torch.zeros((b, j), dtype=torch.long, device=query.device)
-        for s in range(0, len(self), step):
-            d = self._chunk_distances(pair, cp, wp, s, min(s + step, len(self)))
-            cd, ci = d.min(dim=-1)  # first minimum within the chunk
-            better = cd < best_d  # strict: earlier chunks win ties
-            best_d = torch.where(better, cd, best_d)
-            best_i = torch.where(better, ci + s, best_i)
+        best_i, best_d = self._exact(pair, cp, wp, budget_bytes)
         if searched is not None:
             best_i = best_i.masked_fill(~searched, -1)
             best_d = best_d.masked_fill(~searched, float("inf"))
         return best_i, best_d
+
+
+class _ExactSearch:
+    """The exact search's eager loop (Eq. 4) over pool chunks with two preallocated work buffers.
+
+    Every chunk reuses the same ``(B·J, n, J)`` buffers (``out=`` / in-place ops): no allocation per chunk,
+    a working set of ``2·B·J·n·J·4`` bytes whatever N is. The arithmetic and its order are those of
+    :meth:`RetrievalIndex._chunk_distances` (``hypot(c(q) - c(p)) · (w(q) + w(p))`` summed over k), so both
+    give the same D bit for bit; ``min`` keeps the first minimum in a chunk and a strict ``<`` keeps the
+    earlier chunk on ties: the lowest index wins, as in the brute-force definition.
+    """
+
+    def __init__(self, index: "RetrievalIndex", pair, cp, wp, step: int) -> None:
+        b, num_j = pair.shape
+        self.index, self.step, self.shape = index, step, (b, num_j)
+        rows = b * num_j
+        dev, dt = cp.device, cp.dtype
+        self.pair = pair.reshape(rows)
+        self.cpx = cp[..., 0].reshape(rows, 1, num_j).contiguous()
+        self.cpy = cp[..., 1].reshape(rows, 1, num_j).contiguous()
+        self.wp = wp[:, :, None, :]  # (B, J, 1, J)
+        self.dx = torch.empty((rows, step, num_j), dtype=dt, device=dev)
+        self.dy = torch.empty((rows, step, num_j), dtype=dt, device=dev)
+        self.d = torch.empty((rows, step), dtype=dt, device=dev)
+        self.cd = torch.empty(rows, dtype=dt, device=dev)
+        self.ci = torch.empty(rows, dtype=torch.long, device=dev)
+        self.better = torch.empty(rows, dtype=torch.bool, device=dev)
+        self.best_d = torch.full((rows,), float("inf"), dtype=dt, device=dev)
+        self.best_i = torch.zeros(rows, dtype=torch.long, device=dev)
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x_planes, y_planes = self.index.canonical[0], self.index.canonical[1]  # (Q, Nv, J)
+        total = len(self.index)
+        b, num_j = self.shape
+        for start in range(0, total, self.step):  # fixed count: N and the budget, never data
+            n = min(self.step, total - start)
+            dx, dy, d = self.dx[:, :n], self.dy[:, :n], self.d[:, :n]
+            torch.index_select(x_planes[:, start:start + n], 0, self.pair, out=dx)  # c(q) for each row's pair
+            torch.index_select(y_planes[:, start:start + n], 0, self.pair, out=dy)
+            dx.sub_(self.cpx)
+            dy.sub_(self.cpy)
+            torch.hypot(dx, dy, out=dx)  # ||c_k(q) - c_k(p)||
+            torch.add(self.index.weights[None, :, start:start + n], self.wp, out=dy.view(b, num_j, n, num_j))
+            torch.sum(dx.mul_(dy), -1, out=d)  # D_j, (B·J, n)
+            torch.min(d, -1, out=(self.cd, self.ci))  # first minimum within the chunk
+            torch.lt(self.cd, self.best_d, out=self.better)  # strict: earlier chunks win ties
+            torch.where(self.better, self.cd, self.best_d, out=self.best_d)
+            torch.where(self.better, self.ci.add_(start), self.best_i, out=self.best_i)
+        return self.best_i.view(b, num_j), self.best_d.view(b, num_j)
 
 
 def _check_query(query: torch.Tensor, skeleton: Skeleton, pool: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,9 @@ Functional core of ``gpumosaic train`` (``docs/training.md``):
   source seen from views ``0..class_views-1`` of the dataset's camera scheme (:func:`class_training_poses`),
   with their mean 2D poses in the S×S box; real crops are labelled by :func:`~gpumosaic.realcrops.real_labels`.
 - Checkpoints: ``train_state.pt`` (everything for an exact resume: weights, optimiser, step, RNG, classes,
-  loss history) and ``model.pt`` (for inference: weights, pose classes, settings; no optimiser), both
-  written atomically (temporary file, then rename) and read with ``torch.load(weights_only=True)``.
+  loss history) and ``model.pt`` (an inference checkpoint of :mod:`gpumosaic.checkpoint`: weights, pose
+  classes, settings; no optimiser; read by ``gpumosaic evaluate`` and ``gpumosaic predict``), both written
+  atomically (temporary file, then rename) and read with ``torch.load(weights_only=True)``.
 
 Shape glossary: B batch, J joints, K classes, S box side, N real images, M mocap poses.
 """
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .camera import look_at, project, torso_centre
+from .checkpoint import InferenceCheckpoint, load_inference_checkpoint, save_inference_checkpoint
 from .classes import PoseClasses
 from .dataset import OnlineMosaicDataset, epoch_permutation, view_angles
 from .geometry import default_margin, fit_to_box
@@ -53,7 +55,6 @@ MODES = ("M", "R", "M+R")
 """Data modes: mosaics only, real crops only, both alternating batch by batch (paper §4.1)."""
 TASKS = ("classifier", "regressor")
 
-MODEL_FORMAT = "gpumosaic.model"
 STATE_FORMAT = "gpumosaic.train_state"
 FORMAT_VERSION = 1
 _PERM_REAL = 2  # epoch_permutation stream of the real images (the dataset uses 0 for pairs)
@@ -394,17 +395,16 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return path
 
 
-def _settings(config: TrainConfig, num_joints: int, skeleton: str) -> dict:
-    return {**asdict(config), "num_joints": num_joints, "skeleton": skeleton, "box_margin": config.box_margin}
-
-
 def save_model(path: str | os.PathLike, model: torch.nn.Module, config: TrainConfig,
-               classes: PoseClasses | None, skeleton: str, num_joints: int) -> Path:
-    """Write an inference checkpoint: weights (float32, CPU), pose classes, settings; no optimiser."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "task": config.task,
-                        "settings": _settings(config, num_joints, skeleton), "model": state,
-                        "classes": None if classes is None else classes_state(classes)}, path)
+               classes: PoseClasses | None, skeleton: str) -> Path:
+    """Write an inference checkpoint (:mod:`gpumosaic.checkpoint`, read by ``gpumosaic evaluate`` and
+    ``gpumosaic predict``): weights, pose classes (their mean 2D poses in the S×S input box) and the
+    :class:`TrainConfig` as settings; no optimiser."""
+    ckpt = InferenceCheckpoint(model=config.task, backbone=config.backbone, input_size=config.size,
+                               state_dict=model.state_dict(), classes=classes, class_box=(config.size, config.margin),
+                               skeleton=skeleton, margin=config.margin, extent_m=config.extent_m,
+                               settings={"source": STATE_FORMAT, **asdict(config)})
+    return save_inference_checkpoint(path, ckpt)
 
 
 @dataclass(frozen=True)
@@ -414,39 +414,34 @@ class TrainedModel:
     Attributes:
         model: the network in eval mode (input float (B, 3, S, S) in [0, 1]).
         classes: the pose classes (classifier) or ``None`` (regressor).
-        config: the :class:`TrainConfig` it was trained with.
-        settings: the stored settings dict (``config`` fields, ``num_joints``, ``skeleton``, ``box_margin``).
+        config: the :class:`TrainConfig` it was trained with (``None`` for a checkpoint written elsewhere).
+        checkpoint: the :class:`~gpumosaic.checkpoint.InferenceCheckpoint` read.
     """
 
     model: torch.nn.Module
     classes: PoseClasses | None
-    config: TrainConfig
-    settings: dict
+    config: TrainConfig | None
+    checkpoint: InferenceCheckpoint
 
     @property
     def size(self) -> int:
         """S, the input side in pixels."""
-        return self.config.size
+        return self.checkpoint.input_size
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedModel:
-    """Read an inference checkpoint written by :func:`save_model` (``torch.load(weights_only=True)``).
+    """Read an inference checkpoint (:func:`gpumosaic.checkpoint.load_inference_checkpoint`,
+    ``torch.load(weights_only=True)``) and build its network.
 
     Raises:
-        ValueError: not a gpumosaic model checkpoint, or an unsupported version.
+        ValueError: not an inference checkpoint (e.g. a ``train_state.pt``), or an unsupported version.
     """
-    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a {MODEL_FORMAT} checkpoint (a training state? use model.pt)")
-    if state.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported {MODEL_FORMAT} version {state.get('version')!r}")
-    settings = state["settings"]
-    config = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
-    classes = None if state["classes"] is None else classes_from_state(state["classes"], device)
-    n = classes.num_classes if config.task == "classifier" else settings["num_joints"]
-    model = build_model(config, n)
-    model.load_state_dict(state["model"])
-    return TrainedModel(model.to(device).eval(), classes, config, settings)
+    ckpt = load_inference_checkpoint(path, device)
+    names = {f.name for f in fields(TrainConfig)}
+    config = None
+    if ckpt.settings.get("source") == STATE_FORMAT:
+        config = TrainConfig(**{k: v for k, v in ckpt.settings.items() if k in names})
+    return TrainedModel(ckpt.build_model(device), ckpt.classes, config, ckpt)
 
 
 @torch.no_grad()
@@ -586,7 +581,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike | None = 
     bar.close()
     model_path = None
     if out is not None and step == config.steps:
-        model_path = save_model(out / "model.pt", model, config, data.classes, skeleton.name, len(skeleton))
+        model_path = save_model(out / "model.pt", model, config, data.classes, skeleton.name)
         log(f"wrote {model_path}")
     return TrainResult(model, data.classes, history, step, model_path, state_path)
 

@@ -162,3 +162,36 @@ def test_shortlist_recall_on_demo_pool():
     short, _ = idx.best(queries, shortlist=64)
     recall = (short == exact).float().mean().item()
     assert recall >= 0.95, recall
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 64, 10_000])
+def test_exact_search_equals_brute_force_definition(rows_per_chunk):
+    """Eq. 4 with reused work buffers equals the argmin of the float64 loop of Eq. 1-3, whatever the chunking,
+    and its D are the functional chunk's D bit for bit."""
+    pool = _poses(53, 14, 21)
+    q = _poses(4, 14, 22)
+    idx = RetrievalIndex.build(pool, LSP14, mirror=True)
+    budget = rows_per_chunk * 4 * 14 * 14 * 4 * 2
+    got_i, got_d = idx.best(q, budget_bytes=budget)
+    ref = joint_distances_reference(q, idx.joints, LSP14)
+    torch.testing.assert_close(got_i, ref.argmin(-1))
+    torch.testing.assert_close(got_d.double(), ref.amin(-1), rtol=1e-5, atol=1e-4)
+    pair, cp, wp = idx._query_side(q)
+    full = idx._chunk_distances(pair, cp, wp, 0, len(idx))  # functional form, one chunk
+    assert torch.equal(got_d, full.amin(-1))
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 3, 1000])
+def test_exact_search_ties_go_to_lowest_index_across_chunks(rows_per_chunk):
+    """Exact duplicates at rows r, r + 5, r + 10, ... : the lowest row wins whether the copies share a chunk."""
+    base = _poses(5, 14, 23)
+    pool = torch.cat([base[[2, 0, 1, 4, 3]], base, base[[4, 3, 2, 1, 0]]], 0)  # 15 rows, each pose 3 times
+    q = torch.cat([base, _poses(3, 14, 24)], 0)
+    idx = RetrievalIndex.build(pool, LSP14)
+    got, _ = idx.best(q, budget_bytes=rows_per_chunk * 8 * 14 * 14 * 4 * 2)
+    d = joint_distances_reference(q, pool, LSP14)
+    dmin = d.amin(-1, keepdim=True)
+    # Brute-force definition with ties to the lowest index (float64 D of copies are exactly equal).
+    expect = torch.where(d == dmin, torch.arange(15), 99).amin(-1)
+    torch.testing.assert_close(got, expect)
+    torch.testing.assert_close(got[:5], torch.tensor([1, 2, 0, 4, 3])[:, None].expand(5, 14))

@@ -140,12 +140,12 @@ def test_alternation_checkpoints_and_exact_resume(tmp_path):
     assert params < model_bytes < params + 200_000
     assert (tmp_path / "full" / "train_state.pt").stat().st_size > 2 * params  # Adam moments too
     state = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
-    assert "optimizer" not in state and state["settings"]["mode"] == "M+R"
+    assert "optimizer" not in state and state["settings"]["mode"] == "M+R" and state["format"] == "gpumosaic.inference"
     loaded = load_model(tmp_path / "full" / "model.pt")
     assert loaded.config == cfg and torch.equal(loaded.classes.centres, full.classes.centres.cpu())
     x = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(predict_logits(loaded.model, x), predict_logits(full.model, x))
-    with pytest.raises(ValueError, match="not a gpumosaic.model"):
+    with pytest.raises(ValueError, match="not a gpumosaic inference checkpoint"):
         load_model(tmp_path / "full" / "train_state.pt")
     with pytest.raises(ValueError, match="settings differ"):
         train(_tiny(mode="M+R", lr=0.5), prepare_data(_tiny(mode="M+R", lr=0.5), pool, mocap),
@@ -158,7 +158,7 @@ def test_regressor_trains_and_masks_missing_3d(tmp_path):
     res = train(cfg, prepare_data(cfg, pool, mocap), tmp_path, progress=False)
     assert res.classes is None and all(torch.isfinite(torch.tensor(h[2])) for h in res.history)
     loaded = load_model(tmp_path / "model.pt")
-    assert loaded.classes is None and loaded.model.num_joints == 14
+    assert loaded.classes is None and loaded.model.num_joints == 14 and loaded.config == cfg
 
 
 def test_cli_train(tmp_path, capsys):
