@@ -68,16 +68,20 @@ random initialisation within minutes on a CPU at 96–128 px (``docs/training.md
 MIN_SIZE = {"alexnet": 63, "vgg16": 32, "resnet18": 32}
 """Smallest input side (px) each backbone accepts (strided convolutions and pools before adaptive pooling)."""
 
-# Name of the last linear layer that is replaced (its state-dict prefix).
-_LAST = {"alexnet": "classifier.6", "vgg16": "classifier.6", "resnet18": "fc"}
+
+def _last_name(net: nn.Module) -> str:
+    """State-dict prefix of the last linear layer that is replaced: ResNet's ``fc``, else ``classifier.6``
+    (AlexNet, VGG-16 and any backbone built like them)."""
+    return "fc" if isinstance(getattr(net, "fc", None), nn.Linear) and not hasattr(net, "classifier") \
+        else "classifier.6"
 
 
-def _get_last(net: nn.Module, backbone: str) -> nn.Linear:
-    return net.fc if _LAST[backbone] == "fc" else net.classifier[6]
+def _get_last(net: nn.Module) -> nn.Linear:
+    return net.fc if _last_name(net) == "fc" else net.classifier[6]
 
 
-def _set_last(net: nn.Module, backbone: str, layer: nn.Linear) -> None:
-    if _LAST[backbone] == "fc":
+def _set_last(net: nn.Module, layer: nn.Linear) -> None:
+    if _last_name(net) == "fc":
         net.fc = layer
     else:
         net.classifier[6] = layer
@@ -109,7 +113,7 @@ def build_backbone(backbone: str, num_outputs: int, pretrained: bool | str | os.
     net = BACKBONES[backbone]()
     if pretrained:
         state = torch.load(os.fspath(pretrained), map_location="cpu", weights_only=True)
-        prefix = _LAST[backbone] + "."
+        prefix = _last_name(net) + "."
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(prefix)]
@@ -118,8 +122,8 @@ def build_backbone(backbone: str, num_outputs: int, pretrained: bool | str | os.
                 f"Expected a torchvision {backbone} state dict in pretrained={os.fspath(pretrained)!r}, "
                 f"got missing keys {missing[:4]} and unexpected keys {unexpected[:4]}"
             )
-    last = _get_last(net, backbone)
-    _set_last(net, backbone, nn.Linear(last.in_features, int(num_outputs)))
+    last = _get_last(net)
+    _set_last(net, nn.Linear(last.in_features, int(num_outputs)))
     return net
 
 
