@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", default="R,M,M+R")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-realism", action="store_true",
+                   help="skip the classifiers' top-1 on the mosaic bank (it re-synthesises the bank on a rerun)")
+    p.add_argument("--markdown", default=None, help="write the result tables (markdown) here")
     return p
 
 
@@ -190,7 +193,7 @@ def main(argv=None) -> dict:
     # against their top-1 on the test crops (labels: nearest mean 2D pose). A network trained on real crops
     # that does as well on mosaics as on real images sees no domain gap; M's drop from mosaics to real is
     # the gap the other way.
-    if "M" in conditions or "M+R" in conditions:
+    if ("M" in conditions or "M+R" in conditions) and not args.no_realism:
         bank = [mosaic_batch(shared, i) for i in range(args.mosaic_cache)]
         images = torch.cat([b["image"] for b in bank])
         labels = torch.cat([b["label"] for b in bank])
@@ -201,10 +204,35 @@ def main(argv=None) -> dict:
     results["wall_seconds"] = time.perf_counter() - t_start
     results["loadavg_start"], results["loadavg_end"] = load0, os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(results))
     print(f"\nwall {results['wall_seconds']:.0f} s; load average at start {load0}, at end {os.getloadavg()}")
     if args.figure:
         figure(results, Path(args.figure), shared, pool, S)
     return results
+
+
+def markdown(results: dict) -> str:
+    """The result tables of ``results.json`` in markdown (13 and 14 joints, paired differences)."""
+    lines = []
+    for name, r in results["tests"].items():
+        lines += [f"**{name}** ({r['n']} images, {r['instants']} instants): mean 2D error, px of the 220 box "
+                  f"[95 % CI]", "", "| predictor | 13 joints | 14 joints |", "|---|---|---|"]
+        m13, m14 = r["errors"]["13"]["mean"], r["errors"]["14"]["mean"]
+        for c in m13:
+            lines.append(f"| {c} | {m13[c]['mean']:.1f} [{m13[c]['low']:.1f}, {m13[c]['high']:.1f}] | "
+                         f"{m14[c]['mean']:.1f} [{m14[c]['low']:.1f}, {m14[c]['high']:.1f}] |")
+        lines += ["", "| difference (13 joints) | mean [95 % CI] | bootstrap p |", "|---|---|---|"]
+        for c, v in r["errors"]["13"]["paired"].items():
+            d = v["difference"]
+            lines.append(f"| {c} | {d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] | {v['p_value']:.3f} |")
+        top1 = ", ".join(f"{c} {v:.2f}" for c, v in r["top1_vs_nearest_class"].items())
+        tv = ", ".join(f"{c} {v:.2f}" for c, v in r["class_prior_total_variation_to_test"].items())
+        lines += ["", f"Top-1 (predicted class = the test pose's nearest class): {top1}. Class-prior total "
+                      f"variation distance to the test poses' classes: {tv}; share of the mosaic stream in the "
+                      f"{len(r['test_classes'])} classes the test poses fall in: "
+                      f"{r['mosaic_share_in_test_classes']:.2f}.", ""]
+    return "\n".join(lines)
 
 
 def figure(results: dict, path: Path, shared, pool, size: int) -> None:
