@@ -403,7 +403,10 @@ def evaluate(args) -> int:
     from .protocols import evaluate_predictions, load_predictions, predict_test_set, save_predictions
     from .testsets import load_test_set
 
-    kind, path = _split_source(args.test, "--test")
+    src = _split_source(args.test, "--test")
+    if src.selection is not None:
+        raise SystemExit(f"error: --test: selectors are not supported for test sets yet, got {src.selection.text!r}")
+    kind, path = src.kind, src.path
     try:
         test = load_test_set(kind, path, group_by=args.group_by, **_options(args.test_option, "--test-option"))
         classes, box = None, (220, None)
