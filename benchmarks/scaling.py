@@ -15,10 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from gpumosaic.threads import configure_threads, prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP (gpumosaic.threads)
+
+import torch  # noqa: E402
 
 from throughput import demo_sources, device_name, synthetic_pool, timed  # noqa: E402
 
@@ -46,10 +50,11 @@ def measure(device: str, n: int, b: int, j: int, s: int, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1, as the documented figures; see gpumosaic.threads)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     sweeps = CUDA_SWEEPS if args.device == "cuda" else SWEEPS
     base = dict(BASE, B=64, N=10000) if args.device == "cuda" else BASE
     results = {}

@@ -9,14 +9,22 @@ The pool is the prepared real pool when present, else the demo pool, repeated wi
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpumosaic.camera import render_views, sample_views
-from gpumosaic.cli import load_sources
-from gpumosaic.geometry import fit_to_box
-from gpumosaic.retrieval import RetrievalIndex
+from gpumosaic.threads import configure_threads, prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP (gpumosaic.threads)
+
+import torch  # noqa: E402
+
+from gpumosaic.camera import render_views, sample_views  # noqa: E402
+from gpumosaic.cli import load_sources  # noqa: E402
+from gpumosaic.geometry import fit_to_box  # noqa: E402
+from gpumosaic.retrieval import RetrievalIndex  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +34,10 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: the cores this process may use; gpumosaic.threads)")
     args = ap.parse_args()
+    print(configure_threads(args.threads).describe())
     device = torch.device(args.device)
     pool, mocap = load_sources(None, None, device)
     g = torch.Generator().manual_seed(args.seed)

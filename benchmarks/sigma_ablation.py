@@ -12,11 +12,19 @@ part at the right place; seams counts index changes between 4-neighbours (fewer 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpumosaic import MosaicEngine, load_demo_mocap, load_demo_pool
-from gpumosaic.camera import render_views, sample_views
+from gpumosaic.threads import configure_threads, prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP (gpumosaic.threads)
+
+import torch  # noqa: E402
+
+from gpumosaic import MosaicEngine, load_demo_mocap, load_demo_pool  # noqa: E402
+from gpumosaic.camera import render_views, sample_views  # noqa: E402
 
 
 def _segment_distance(px, a, b):
@@ -55,7 +63,10 @@ def main() -> None:
     ap.add_argument("--sigmas", type=float, nargs="+", default=[5, 10, 20, 40, 80, 160])
     ap.add_argument("--radius", type=float, default=6.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: the cores this process may use; gpumosaic.threads)")
     args = ap.parse_args()
+    print(configure_threads(args.threads).describe())
     pool, mocap = load_demo_pool(), load_demo_mocap()
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randint(len(mocap), (args.n,), generator=g)

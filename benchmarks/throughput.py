@@ -48,11 +48,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from gpumosaic.threads import configure_threads, prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP (gpumosaic.threads)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from gpumosaic import LSP14, MPII16, MosaicEngine, MosaicSettings, Pool2D, load_demo_mocap, load_demo_pool  # noqa: E402,E501
 from gpumosaic.blend import blend, index_map, mosaic_from_index, window_half_width, window_weights  # noqa: E402
@@ -235,7 +239,7 @@ def stage_times(engine, pool, index, poses, skeleton, batch, device, repeats, wa
 
 def reference_times(pool: Pool2D, skeleton, size: int, queries, occluded, count: int):
     """Median seconds per image of the ReferenceEngine and its per-stage medians."""
-    ref = ReferenceEngine(pool, skeleton, size=size)
+    ref = ReferenceEngine(pool, skeleton, MosaicSettings(size=size))
     q, o = queries[:count].cpu().double().numpy(), occluded[:count].cpu().numpy()
     ref(q[0], o[0])  # warm-up (first Qhull / OpenCV calls)
     totals, stages = [], {k: [] for k in STAGES if k != "views"}
@@ -377,9 +381,8 @@ def parse_args(argv=None):
     ap.add_argument("--reference-images", type=int, default=None,
                     help="images timed with the ReferenceEngine per (N, J, S); default 4, 0 to skip")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads for the CPU runs; default: torch's own (1 with --quick: on a "
-                         "shared 2-core machine OpenMP barriers stall whenever another process holds the other "
-                         "core, which made interpolate_triangulated ~50x slower with 2 threads)")
+                    help="torch CPU threads (gpumosaic.threads.configure_threads); default: the cores this process "
+                         "may use, with OMP_WAIT_POLICY=PASSIVE (1 with --quick, as the documented figures)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--consumers", action="store_true",
                     help="also time AlexNet and ResNet-50 training steps at 220x220 (images/s) on each device")
@@ -456,8 +459,7 @@ def main(argv=None) -> list[Path]:
         return [run_side_by_side(args, REPO, _git("rev-parse", "HEAD"),
                                  bool(_git("status", "--porcelain", "--untracked-files=no")),
                                  lambda msg: print(msg, flush=True))]
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     t_start = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     commit = _git("rev-parse", "HEAD")
@@ -492,7 +494,8 @@ def main(argv=None) -> list[Path]:
             "settings": {
                 **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(dev_args).items()},
                 "engine_defaults": dataclasses.asdict(MosaicSettings()),
-                "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+                                                   "OPENBLAS_NUM_THREADS",
                                                    "MALLOC_MMAP_MAX_", "CUDA_VISIBLE_DEVICES") if k in os.environ},
             },
             "notes": {

@@ -35,26 +35,21 @@ import torch
 import torch.nn.functional as F
 
 from gpumosaic import LSP14, MosaicEngine
-from gpumosaic.cli import load_sources
 from gpumosaic.camera import render_views
 from gpumosaic.soft import soft_mosaic
+
+from common import add_common_arguments, setup
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, default=64, help="mosaic side S in px")
     ap.add_argument("--targets", type=int, default=6, help="number of target poses B (fitted as one batch)")
     ap.add_argument("--noise", type=float, default=3.0, help="std of the start perturbation, px of the box")
-    ap.add_argument("--temperature", type=float, default=1.0, help="soft-mode temperature τ")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=0.5, help="Adam step in px (cosine-decayed to lr/10)")
     ap.add_argument("--blur", type=int, default=3, help="box blur of both mosaics in the loss (odd, 1 = none)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on small kernels)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--pool", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
-    ap.add_argument("--mocap", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
-    ap.add_argument("--out", default="docs/figures/fit_pose.png", help="figure path ('' for none)")
+    add_common_arguments(ap, 64, "mosaic side S in px", 1.0, "soft-mode temperature τ", "docs/figures/fit_pose.png",
+                         threads_help="torch CPU threads (1 is fastest on small kernels)")
     return ap.parse_args(argv)
 
 
@@ -91,10 +86,7 @@ def fit(engine, start, target_images, target_query, matches, args, log_every=20,
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    g = torch.Generator().manual_seed(args.seed)
-    pool, mocap = load_sources(args.pool, args.mocap, torch.device(device))
+    device, g, pool, mocap = setup(args)
     engine = MosaicEngine(pool, size=args.size, soft=True, temperature=args.temperature, device=device)
 
     # Known target poses: random mocap poses from random cameras, fitted into the box by the engine.

@@ -48,17 +48,17 @@ import torch
 import torch.nn.functional as F
 
 from gpumosaic import LSP14, MosaicEngine
-from gpumosaic.cli import load_sources
 from gpumosaic.camera import render_views
 from gpumosaic.classes import PoseClasses
 from gpumosaic.models import PoseClassifier
+
+from common import add_common_arguments, setup
 
 EL_MAX = 45.0  # degrees: elevation = EL_MAX * tanh(z)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, default=64, help="mosaic side S (AlexNet needs >= 63)")
     ap.add_argument("--classes", type=int, default=4, help="pose classes K")
     ap.add_argument("--train-mosaics", type=int, default=512, help="uniform-view mosaics to train on")
     ap.add_argument("--train-steps", type=int, default=200,
@@ -69,15 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=60, help="gradient-ascent steps on the view distribution")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--entropy", type=float, default=0.01, help="entropy bonus λ")
-    ap.add_argument("--temperature", type=float, default=0.1,
-                    help="soft-engine temperature τ (low: soft mosaics close to the hard ones the classifier saw)")
     ap.add_argument("--eval-views", type=int, default=384, help="views per distribution in the evaluation")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--pool", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
-    ap.add_argument("--mocap", default=None, help="KIND:PATH; default: the prepared real data, else the demo")
-    ap.add_argument("--out", default="docs/figures/learned_views.png", help="figure path ('' for none)")
+    add_common_arguments(ap, 64, "mosaic side S (AlexNet needs >= 63)", 0.1,
+                         "soft-engine temperature τ (low: soft mosaics close to the hard ones the classifier saw)",
+                         "docs/figures/learned_views.png")
     return ap.parse_args(argv)
 
 
@@ -152,12 +147,9 @@ def evaluate(net, images, labels, chunk=64):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-    g = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)  # AlexNet's initialisation and dropout
     t_start = time.perf_counter()
-    pool, mocap = load_sources(args.pool, args.mocap, torch.device(dev))
+    dev, g, pool, mocap = setup(args)
+    torch.manual_seed(args.seed)  # AlexNet's initialisation and dropout
     hard = MosaicEngine(pool, size=args.size, device=dev)
     soft = MosaicEngine(pool, size=args.size, soft=True, temperature=args.temperature, device=dev)
 

@@ -1,9 +1,9 @@
 """Train the K-way pose classifier of Rogez & Schmid (IJCV 2018, §3–4) on on-the-fly mosaics.
 
-The training stream is :class:`gpumosaic.OnlineMosaicDataset` over the sources of ``--pool`` / ``--mocap``
-(default: the prepared real data, ``gpumosaic data prepare``, else the shipped synthetic demo data): every
-batch is synthesised on ``--device`` from (training pose, view) pairs and labelled with its pose class. Evaluation
-uses views of **held-out** 3D poses (whole mocap subjects or sequences the model never saw) and prints the paper's
+The training stream is :class:`gpumosaic.OnlineMosaicDataset` over the ``--pool`` / ``--mocap`` sources
+(default: the prepared real data, else the shipped demo data; the log names them): every batch is
+synthesised on ``--device`` from (training pose, view) pairs and labelled with its pose class. Evaluation
+uses views of **held-out** 3D poses (whole demo subjects the model never saw) and prints the paper's
 metrics: classification rate, top-k rate and top-k oracle, MPJPE and PA-MPJPE (mm) of the decoded class mean
 pose against the ground-truth oriented pose, and the 2D error (px in the S×S box) of the class mean 2D pose.
 
@@ -34,9 +34,8 @@ run draws the same batches and reaches the same state as an uninterrupted one.
 Outputs under ``--out`` (rank 0): ``log.csv`` (step, epoch, loss, elapsed time), ``metrics.json`` (settings,
 loss history, evaluations, final metrics) and, with ``--plot``, a training-curve figure.
 
-This example trains on mosaics only and evaluates on held-out *mocap* views. ``gpumosaic train``
-(:mod:`gpumosaic.train`) is the supported entry point: real crops, alternating mosaic and real batches,
-presets, inference checkpoints (docs/training.md); the example shares its class fitting with it.
+The demo data is synthetic (rendered figures, synthetic mocap): numbers measured on it only show that the
+pipeline trains, not how well the method works on real images.
 """
 
 from __future__ import annotations
@@ -56,9 +55,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from gpumosaic import Mocap3D
+from gpumosaic import Mocap3D, MosaicSettings, ViewSettings
+from gpumosaic.camera import look_at, project, torso_centre, view_angles
 from gpumosaic.classes import PoseClasses
 from gpumosaic.dataset import OnlineMosaicDataset
+from gpumosaic.geometry import fit_to_box
 from gpumosaic.metrics import (
     MM_PER_M,
     classification_rate,
@@ -69,14 +70,16 @@ from gpumosaic.metrics import (
     topk_oracle,
     topk_rate,
 )
-from gpumosaic.models import MIN_SIZE, PoseClassifier
-from gpumosaic.train import class_training_poses, classes_from_state, classes_state
+from gpumosaic.models import PoseClassifier
 
 CHECKPOINT_FORMAT = "gpumosaic.examples.train_classifier"
 CHECKPOINT_VERSION = 1
 
 # Demo mocap ids are ``subject * 100000 + frame`` (gpumosaic.sources.demo).
 SUBJECT_STRIDE = 100000
+
+# Smallest input each backbone accepts (AlexNet's strided convolutions and pools; VGG-16's five pools).
+MIN_SIZE = {"alexnet": 63, "vgg16": 32}
 
 # Settings a resumed run must share with its checkpoint (they fix the data stream or the model).
 _RESUME_KEYS = ("pool", "mocap", "backbone", "classes", "size", "views", "class_views", "seed", "batch_size", "world_size",
@@ -91,7 +94,7 @@ _RESUME_KEYS = ("pool", "mocap", "backbone", "classes", "size", "views", "class_
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_classifier.py",
-        description="Train the pose classifier (Rogez & Schmid §3-4) on on-the-fly mosaics.",
+        description="Train the pose classifier (Rogez & Schmid §3-4) on on-the-fly mosaics of the demo data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("training")
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="views 0..n-1 of each training pose whose oriented poses k-means clusters "
                         "(<= --views; default min(16, --views))")
     g.add_argument("--heldout-subjects", type=int, default=2,
-                   help="the last n mocap subjects or sequences (ids // 100000) are held out for evaluation")
+                   help="the last n demo subjects (by mocap id) are held out for evaluation")
     g.add_argument("--train-poses", type=int, default=16,
                    help="use only the first n training poses, 0 for all of them (paper scale). The CPU demo "
                         "default, 16 poses x 4 views = 64 pairs, repeats every 4 steps of 16 so that the loss "
@@ -213,7 +216,7 @@ def split_mocap(mocap: Mocap3D, heldout_subjects: int, train_poses: int | None =
     subject = mocap.ids // SUBJECT_STRIDE
     subjects = torch.unique(subject).tolist()
     if heldout_subjects >= len(subjects):
-        raise ValueError(f"Expected heldout_subjects < {len(subjects)} subjects, got {heldout_subjects}")
+        raise ValueError(f"Expected heldout_subjects < {len(subjects)} demo subjects, got {heldout_subjects}")
     held = torch.isin(subject, torch.tensor(subjects[-heldout_subjects:], device=subject.device))
     train_idx = torch.nonzero(~held).reshape(-1)
     if train_poses is not None:
@@ -224,6 +227,47 @@ def split_mocap(mocap: Mocap3D, heldout_subjects: int, train_poses: int | None =
         return replace(mocap, poses=mocap.poses[idx], ids=mocap.ids[idx])
 
     return subset(train_idx), subset(test_idx)
+
+
+def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oriented 3D poses and box 2D poses of every training pose from views ``0..views-1``.
+
+    Uses the dataset's camera scheme (hashed angles, look-at camera at ``ds.distance``, focal ``ds.focal``,
+    ``fit_to_box`` with the engine's margin), so these are exactly the labels of those training pairs.
+
+    Returns:
+        ``(pose3d (M·views, J, 3) metres, pose2d (M·views, J, 2) box px)`` on the dataset's device.
+    """
+    poses = ds.poses  # (M, J, 3) world metres, on ds.device
+    m = torch.arange(poses.shape[0], device=poses.device)[:, None]
+    v = torch.arange(views, device=poses.device)[None, :]
+    az, el = view_angles(m, v, ds.seed, ds.views)  # (M, V)
+    target = torso_centre(poses, ds.skeleton)[:, None, :]  # (M, 1, 3)
+    R, t = look_at(target, az, el, ds.distance)  # (M, V, 3, 3), (M, V, 3)
+    # Camera frame p_cam = R p + t, then the oriented pose (torso-centred), as the dataset computes them.
+    cam = torch.einsum("...ij,...kj->...ki", R, poses[:, None]) + t[..., None, :]  # (M, V, J, 3)
+    pose3d = cam - torso_centre(cam, ds.skeleton)[..., None, :]
+    settings = ds.engine.settings
+    pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, settings.margin)
+    j = poses.shape[1]
+    return pose3d.reshape(-1, j, 3), pose2d.reshape(-1, j, 2)
+
+
+def _classes_state(classes: PoseClasses) -> dict:
+    return {
+        "centres": classes.centres.detach().cpu(),
+        "mean_pose3d": classes.mean_pose3d.detach().cpu(),
+        "mean_pose2d": classes.mean_pose2d.detach().cpu(),
+        "counts": classes.counts.detach().cpu(),
+        "skeleton": classes.skeleton,
+    }
+
+
+def _classes_from_state(state: dict, device: torch.device) -> PoseClasses:
+    return PoseClasses(
+        centres=state["centres"], mean_pose3d=state["mean_pose3d"], mean_pose2d=state["mean_pose2d"],
+        counts=state["counts"], skeleton=state["skeleton"],
+    ).to(device)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -455,8 +499,9 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
     if per_epoch == 0:
         raise SystemExit(f"Too few training pairs ({M} poses x {args.views} views) for {world} ranks x "
                          f"{streams} workers x batch {args.batch_size}")
-    ds = ResumableMosaicDataset(pool, train_mocap, args.batch_size, views_per_pose=args.views, device=device,
-                                seed=args.seed, engine={"size": args.size}, batches_per_epoch=per_epoch,
+    ds = ResumableMosaicDataset(pool, train_mocap, args.batch_size, views=ViewSettings(views_per_pose=args.views),
+                                device=device, seed=args.seed, engine=MosaicSettings(size=args.size),
+                                batches_per_epoch=per_epoch,
                                 drop_last=True, rank=rank, world_size=world)
     sources = f"pool {args.pool or default_source()}, mocap {args.mocap or default_source()}"
     say(f"data ({sources}): {len(pool)} pool images; mocap {M} training poses, {len(test_mocap)} held-out poses "
@@ -466,7 +511,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
     # Pose classes: fitted on rank 0 (or restored from the checkpoint), then shared.
     t0 = time.perf_counter()
     if resume is not None:
-        classes = classes_from_state(resume["classes"], device)
+        classes = _classes_from_state(resume["classes"], device)
         say(f"pose classes: K={classes.num_classes} restored from {args.resume}")
     else:
         if args.classes > M * args.class_views:
@@ -477,12 +522,12 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
             gen = torch.Generator(device=device).manual_seed(args.seed)
             fitted = PoseClasses.fit(pose3d, pose2d, k=args.classes, generator=gen, skeleton=ds.skeleton,
                                      progress=False)
-            state = classes_state(fitted)
+            state = _classes_state(fitted)
         if _distributed():
             box = [state]
             dist.broadcast_object_list(box, src=0)
             state = box[0]
-        classes = classes_from_state(state, device)
+        classes = _classes_from_state(state, device)
         say(f"pose classes: K={classes.num_classes} from {M} poses x {args.class_views} views "
             f"({time.perf_counter() - t0:.1f} s); largest class {int(classes.counts.max())}, "
             f"smallest {int(classes.counts.min())}")
@@ -494,7 +539,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
         eval_bs = min(args.eval_samples, max(args.batch_size, 32))
         n_pairs = len(test_mocap) * args.eval_views
         n_eval = min(math.ceil(min(args.eval_samples, n_pairs) / eval_bs) * eval_bs, n_pairs)  # samples drawn
-        eval_ds = OnlineMosaicDataset(None, test_mocap, eval_bs, views_per_pose=args.eval_views, classes=classes,
+        eval_ds = OnlineMosaicDataset(None, test_mocap, eval_bs, views=ViewSettings(views_per_pose=args.eval_views),
+                                      classes=classes,
                                       device=device, seed=args.seed + 1, engine=ds.engine,
                                       batches_per_epoch=math.ceil(n_eval / eval_bs), rank=0, world_size=1)
         # An own generator: creating a DataLoader iterator draws a seed from it (from the global RNG
@@ -555,7 +601,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config,
             "step": step, "epoch": e, "batch_in_epoch": b,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "classes": classes_state(classes), "history": history, "evals": evals,
+            "rng": rng, "classes": _classes_state(classes), "history": history, "evals": evals,
         })
         say(f"  saved {path}")
 

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-__all__ = ["ShapeError", "check_shape", "check_finite", "checks_enabled", "unchecked"]
+__all__ = ["ShapeError", "check_shape", "check_finite", "check_seed", "checks_enabled", "unchecked"]
 
 _state = threading.local()
 
@@ -90,3 +90,13 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         return
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"Expected finite values in {name}, got NaN or infinite entries")
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as a Python int after checking it is a non-negative integer (Python or NumPy, not bool);
+    ``ValueError`` naming ``name`` otherwise. Used for seeds and epochs."""
+    import numpy as np
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Expected {name} to be a non-negative integer, got {seed!r}")
+    return int(seed)

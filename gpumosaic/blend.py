@@ -31,6 +31,7 @@ __all__ = [
     "window_half_width",
     "window_weights",
     "blend",
+    "mask_weights",
 ]
 
 
@@ -44,7 +45,9 @@ def _searched_or_all(searched: torch.Tensor) -> torch.Tensor:
     return searched | ~searched.any(dim=1, keepdim=True)
 
 
-def index_map(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch.Tensor:
+def index_map(
+    prob: torch.Tensor, searched: torch.Tensor | None = None, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-pixel argmax of the probability maps over the searched joints (Eq. 5–6).
 
     Args:
@@ -52,6 +55,10 @@ def index_map(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch
         searched: ``(B, J)`` bool, ``True`` where joint ``j`` was searched (not self-occluded), or ``None``
             for all. Unsearched maps never win a pixel. A row with no searched joint at all is treated as
             fully searched (documented fallback: the mosaic then still has an image everywhere).
+        valid: optional ``(B, J, H, W)`` bool, ``True`` where match ``j``'s warp samples inside its stored
+            image (:func:`gpumosaic.warp.source_inside`); an option beyond the paper. At each pixel the argmax
+            is then taken over the valid maps when there is one (lexicographic: validity first, then
+            probability), so padding (border streaks) never wins a pixel that real content could fill.
 
     Returns:
         ``(B, H, W)`` int64 index in ``[0, J)``. Ties go to the lowest ``j``.
@@ -69,6 +76,13 @@ def index_map(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch
         if searched.dtype != torch.bool:
             raise TypeError(f"Expected searched as a bool tensor, got {searched.dtype}")
     check_finite(prob, name="prob")
+    if valid is not None:
+        check_shape(valid, ["B", "J", "H", "W"], name="valid", dims=dims)
+        if valid.dtype != torch.bool:
+            raise TypeError(f"Expected valid as a bool tensor, got {valid.dtype}")
+        # Shift invalid maps below every value at the pixel, keeping their order: an exact lexicographic key.
+        offset = prob.amax(dim=1, keepdim=True) - prob.amin(dim=1, keepdim=True) + 1
+        prob = torch.where(valid, prob, prob - offset)
     if searched is None:
         return torch.argmax(prob, dim=1)
     # Excluded maps are set to -inf so they lose against any finite value; argmax returns the first
@@ -78,7 +92,9 @@ def index_map(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch
     return torch.argmax(masked, dim=1)
 
 
-def index_map_reference(prob: torch.Tensor, searched: torch.Tensor | None = None) -> torch.Tensor:
+def index_map_reference(
+    prob: torch.Tensor, searched: torch.Tensor | None = None, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Plain-loop twin of :func:`index_map` (tests only)."""
     bsz, joints, height, width = prob.shape
     out = torch.zeros((bsz, height, width), dtype=torch.int64, device=prob.device)
@@ -88,8 +104,11 @@ def index_map_reference(prob: torch.Tensor, searched: torch.Tensor | None = None
             allowed = [j for j in range(joints) if bool(searched[b, j])] or list(range(joints))
         for v in range(height):
             for u in range(width):
-                best_j, best = allowed[0], float(prob[b, allowed[0], v, u])
-                for j in allowed[1:]:
+                here = allowed
+                if valid is not None:
+                    here = [j for j in allowed if bool(valid[b, j, v, u])] or allowed
+                best_j, best = here[0], float(prob[b, here[0], v, u])
+                for j in here[1:]:
                     value = float(prob[b, j, v, u])
                     if value > best:  # strict: ties keep the lowest j
                         best_j, best = j, value
@@ -333,4 +352,41 @@ def blend_reference(warped: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
                     for j in range(joints):
                         total += float(weights[b, j, v, u]) * float(warped[b, j, c, v, u])
                     out[b, c, v, u] = total
+    return out
+
+
+def mask_weights(weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Blending weights restricted to matches that sample inside their stored image (an option beyond Eq. 9).
+
+    ``w'_j = w_j · valid_j / Σ_k w_k · valid_k`` where that sum is positive; elsewhere (no valid match in
+    the window) the weights are left as they are. With the index map of :func:`index_map` given ``valid``,
+    a pixel's own index is valid whenever any match is, so the sum is positive there.
+
+    Args:
+        weights: ``(B, J, H, W)`` float weights (e.g. :func:`window_weights`), summing to 1 over ``J``.
+        valid: ``(B, J, H, W)`` bool (:func:`gpumosaic.warp.source_inside`).
+
+    Returns:
+        ``(B, J, H, W)`` weights, same dtype, summing to 1 over ``J``; differentiable w.r.t. ``weights``.
+    """
+    dims = check_shape(weights, ["B", "J", "H", "W"], name="weights")
+    check_shape(valid, ["B", "J", "H", "W"], name="valid", dims=dims)
+    if valid.dtype != torch.bool:
+        raise TypeError(f"Expected valid as a bool tensor, got {valid.dtype}")
+    kept = weights * valid.to(weights.dtype)
+    total = kept.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, kept / total.clamp_min(torch.finfo(weights.dtype).tiny), weights)
+
+
+def mask_weights_reference(weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Plain-loop twin of :func:`mask_weights` (tests only)."""
+    out = weights.clone()
+    bsz, joints, height, width = weights.shape
+    for b in range(bsz):
+        for v in range(height):
+            for u in range(width):
+                total = sum(float(weights[b, j, v, u]) for j in range(joints) if bool(valid[b, j, v, u]))
+                if total > 0:
+                    for j in range(joints):
+                        out[b, j, v, u] = float(weights[b, j, v, u]) / total if bool(valid[b, j, v, u]) else 0.0
     return out

@@ -52,6 +52,7 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "InferenceCheckpoint", "sa
 CHECKPOINT_FORMAT = "gpumosaic.inference"
 CHECKPOINT_VERSION = 1
 _EXAMPLE_FORMAT = "gpumosaic.examples.train_classifier"  # examples/train_classifier.py's training checkpoints
+_TRAIN_FORMAT = "gpumosaic.model"  # gpumosaic.train's model.pt (weights, classes, TrainConfig settings)
 _MODELS = ("classifier", "regressor")
 
 
@@ -171,9 +172,9 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
                               ) -> InferenceCheckpoint:
     """Read a file written by :func:`save_inference_checkpoint` (``torch.load(weights_only=True)``).
 
-    A training checkpoint of ``examples/train_classifier.py`` is read too: its model weights, pose classes
-    and settings (backbone, input size = mosaic size, default margin) are taken and the optimiser state is
-    ignored; :func:`save_inference_checkpoint` then writes the small inference file.
+    Also read: ``gpumosaic train``'s ``model.pt`` (format ``"gpumosaic.model"``: weights, classes and its
+    training settings) and a training checkpoint of ``examples/train_classifier.py`` (its weights, pose
+    classes and settings; input size = mosaic size, default margin; the optimiser state is ignored).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -189,6 +190,8 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
         raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
     if isinstance(state, dict) and state.get("format") == _EXAMPLE_FORMAT:
         return _from_example(state, device)
+    if isinstance(state, dict) and state.get("format") == _TRAIN_FORMAT and state.get("version") == 1:
+        return _from_train(state, device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: not a gpumosaic inference checkpoint (format {found!r}, expected "
@@ -219,4 +222,21 @@ def _from_example(state: dict, device) -> InferenceCheckpoint:
         model="classifier", backbone=config["backbone"], input_size=size, state_dict=state["model"],
         classes=classes, class_box=(size, None), skeleton=classes.skeleton, margin=None,
         settings={"source": _EXAMPLE_FORMAT, "step": int(state.get("step", 0)), **config},
+    )
+
+
+def _from_train(state: dict, device) -> InferenceCheckpoint:
+    """``gpumosaic train``'s inference file: ``{task, settings (TrainConfig fields, skeleton, num_joints,
+    box_margin), model (state dict), classes}``; its classes' 2D means are in the S×S training box."""
+    settings, cs = dict(state["settings"]), state.get("classes")
+    classes = None if cs is None else PoseClasses(
+        centres=cs["centres"], mean_pose3d=cs["mean_pose3d"], mean_pose2d=cs["mean_pose2d"], counts=cs["counts"],
+        skeleton=cs["skeleton"]).to(device)
+    size = int(settings["size"])
+    margin = settings.get("margin")
+    return InferenceCheckpoint(
+        model=state["task"], backbone=settings["backbone"], input_size=size, state_dict=state["model"],
+        classes=classes, class_box=(size, settings.get("box_margin", margin)),
+        skeleton=settings.get("skeleton", "lsp14"), margin=margin, extent_m=float(settings.get("extent_m", 1.0)),
+        settings={"source": _TRAIN_FORMAT, **settings},
     )

@@ -3,8 +3,8 @@
 ``gpumosaic generate --n N --out DIR``: N mosaics with their annotations; ``gpumosaic preview --out FIG.png``:
 the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
-fetch and build the real default data (:mod:`gpumosaic.sources.real`); ``gpumosaic train --out DIR``: train
-the pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`); ``gpumosaic evaluate
+fetch and build the real default data (:mod:`gpumosaic.prepare`); ``gpumosaic train --out DIR``: train the
+pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`); ``gpumosaic evaluate
 --test KIND:PATH --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
 ``gpumosaic predict IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
 
@@ -15,27 +15,119 @@ mocap and optionally part of it (:mod:`gpumosaic.sources.select`, e.g. ``real::c
 cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`` pass loader keywords. Without
 them the prepared real data is used when its cache is ready, else the embedded synthetic demo data (with a
 one-line notice).
+
+Threads: every command that computes takes ``--threads N``; the default is the cores this process may use,
+with ``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported (see :mod:`gpumosaic.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import torch
+from . import threads as _threads
+
+# Before torch is imported: libgomp reads OMP_WAIT_POLICY once, when torch loads it (gpumosaic.threads).
+_threads.prefer_passive_wait()
+
+import torch  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
 
+_PAPER_HELP = ("the paper's blending settings (alpha 6, beta 0.25, border replication, no out-of-image mask) "
+               "instead of the defaults chosen by the fidelity benchmark (docs/fidelity.md)")
+
+
+def _paper(args) -> dict:
+    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`), or none."""
+    from .settings import PAPER
+
+    return dict(PAPER) if getattr(args, "paper", False) else {}
+
+
 def _device(name: str) -> torch.device:
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` where available); a clear error else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"error: --device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {name} requested but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SystemExit(f"error: --device {name} requested but MPS is not available")
+    elif device.type != "cpu":
+        raise SystemExit(f"error: --device: unsupported device {name!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _out_dir(path: Path, flag: str = "--out") -> Path:
+    """Create the output folder ``path`` or exit with a one-line reason (a file, not writable, ...)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: {flag} {path} is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"error: {flag} {path}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {flag} {path} is not writable")
+    return path
+
+
+def _say(text: str, quiet: bool = False) -> None:
+    """Immediate feedback on stderr (before slow loading, ahead of the progress bar)."""
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _plain(text: str) -> str:
+    """reST markup out of a docstring for ``--help``: ``x`` -> x, :func:`~a.b` -> b, :mod:`a.b` -> a.b."""
+    text = re.sub(r":\w+:`~[\w.]*?\.?(\w+)`", r"\1", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (unless the help already names it, or it is None / a flag / a list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False or default == argparse.SUPPRESS
+                or default == [] or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _clean_warnings():
+    """Warnings as one ``warning: message`` line on stderr (no source file and line) while a command runs."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 SPECIAL_KINDS = ("demo", "real")
@@ -60,24 +152,37 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpumosaic", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = _Parser(prog="gpumosaic", description=_plain(__doc__.split("\n\nSources:")[0]))
+    parser.add_argument("--version", action="version", version=f"gpumosaic {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = sub.add_parser("generate", help="write N mosaics and one annotations file")
-    gen.add_argument("--n", type=int, required=True, help="number of mosaics")
-    gen.add_argument("--out", type=Path, required=True, help="output folder")
+    # "--num-samples": the spelling torchrun's own parser does not take for an abbreviation of its options.
+    gen.add_argument("--n", "--num-samples", dest="n", type=int, required=True,
+                     help="number of mosaics (under torchrun write --num-samples)")
+    gen.add_argument("--out", type=Path, required=True,
+                     help="output folder; one that holds an earlier generate output is refused unless --overwrite")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier generate output in --out (its images/*.png|jpg and annotations.jsonl)")
     gen.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
     gen.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     gen.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    gen.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(gen)
 
     pre = sub.add_parser("preview", help="draw the paper's Figure 2 for one query")
-    pre.add_argument("--out", type=Path, required=True, help="figure path (.png)")
-    pre.add_argument("--device", default="auto")
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--out", type=Path, required=True,
+                     help="figure path; .png is added when it has no suffix, preview.png inside an existing folder")
+    pre.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    pre.add_argument("--seed", type=int, default=0, help="random seed of the query pose and view")
+    pre.add_argument("--paper", action="store_true", help=_PAPER_HELP)
+    pre.add_argument("--no-fidelity", action="store_true",
+                     help="skip the independent detector's score even when $GPUMOSAIC_DETECTOR_PYTHON is set")
     _add_source_options(pre)
 
     exp = sub.add_parser("export", help="write N mosaics as resumable tar shards (torchrun: one process per GPU)")
@@ -91,11 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0, help="random seed: sample i depends on (seed, i) only")
     exp.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     exp.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
+    exp.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
     exp.add_argument("--size", type=int, default=220,
                      help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
+    exp.add_argument("--classes", type=Path, default=None,
+                     help="pose classes (.npz of PoseClasses.save): adds each sample's .cls member and class field")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(exp)
 
@@ -129,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--predictions", type=Path, help="predictions file (JSON Lines, one record per test entry)")
     ev.add_argument("--classes", type=Path, default=None,
                     help="pose classes (.npz of PoseClasses.save) for the class lower bound with --predictions")
+    ev.add_argument("--classes-box", type=int, default=220,
+                    help="side of the box the --classes mean 2D poses are in (margin 10 %%; default 220)")
     ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     ev.add_argument("--batch-size", type=int, default=64, help="test people per network call")
     ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     ev.add_argument("--level", type=float, default=0.95, help="confidence level")
@@ -145,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--k", type=int, default=5, help="number of classes returned")
     pr.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
     pr.add_argument("--overlay", type=Path, default=None, help="write the overlay picture here (.png)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    _threads.add_threads_option(sub, exclude=("data",))  # every command that computes, new ones included
     return parser
 
 
@@ -182,7 +293,8 @@ def default_source() -> str:
 
 def load_pool_source(spec: str, device: torch.device, options: dict | None = None, flag: str = "--pool"):
     """One ``KIND[:PATH][:SELECTOR]`` pool spec -> :class:`~gpumosaic.sources.base.Pool2D` on ``device``."""
-    from .sources.build import POOL_KINDS, load_pool
+    from .pools import load_pool
+    from .sources.build import POOL_KINDS
     from .sources.demo import load_demo_pool
     from .sources.real import load_real_pool
     from .sources.select import select_pool
@@ -246,34 +358,60 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
     return load_pool_source(pool, device, pool_options), load_mocap_source(mocap, device, mocap_options)
 
 
-def _sources(args, device: torch.device):
+def sources_from_args(args, device: torch.device):
+    """:func:`load_sources` for parsed ``--pool``, ``--mocap``, ``--pool-option`` and ``--mocap-option``."""
     return load_sources(args.pool, args.mocap, device, _options(args.pool_option, "--pool-option"),
                         _options(args.mocap_option, "--mocap-option"))
 
 
 def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device):
-    """Draw n (pose, view) pairs: mocap poses uniformly, views as in the paper (DESIGN.md step 2)."""
+    """Draw n (pose, view) pairs: mocap poses uniformly, views as in the paper (DESIGN.md step 2).
+
+    Returns ``(pose_idx (n,), views)``: a :class:`~gpumosaic.camera.ViewBatch` with (n,) leading dims."""
     from .camera import render_views, sample_views
 
     pose_idx = torch.randint(len(mocap), (n,), generator=generator, device=device)
     azimuth, elevation = sample_views(n, 1, generator=generator, device=device)
     views = render_views(mocap.poses[pose_idx], mocap.skeleton, azimuth, elevation)
-    return pose_idx, views
+    return pose_idx, views.select_view(0)
+
+
+_GENERATED_IMAGE = re.compile(r"^\d{7}\.(png|jpg)$")
+
+
+def _replace_earlier_output(out: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``--overwrite``, delete) an earlier ``generate`` output in ``out``: its numbered images
+    and ``annotations.jsonl``, so that no stale image survives a rerun with a smaller ``--n``."""
+    folder = out / "images"
+    images = sorted(p for p in folder.iterdir() if _GENERATED_IMAGE.match(p.name)) if folder.is_dir() else []
+    annotations = out / "annotations.jsonl"
+    if not images and not annotations.exists():
+        return
+    if not overwrite:
+        raise SystemExit(f"error: --out {out} holds an earlier generate output ({len(images)} images"
+                         f"{' and annotations.jsonl' if annotations.exists() else ''}); pass --overwrite to replace "
+                         f"it, or choose another folder")
+    for path in images:
+        path.unlink()
+    annotations.unlink(missing_ok=True)
 
 
 def generate(args) -> int:
     import cv2
     from tqdm import tqdm
 
+    from .batch import annotation_records, synthetic_batch
     from .engine import MosaicEngine
 
     if args.n <= 0 or args.batch_size <= 0:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
-    pool, mocap = _sources(args, device)
-    engine = MosaicEngine(pool, skeleton=pool.skeleton, blend=not args.no_blend, device=device)
+    out = _out_dir(args.out)
+    _say(f"generate: loading the pool and mocap ({device})...", args.quiet)
+    pool, mocap = sources_from_args(args, device)
+    _replace_earlier_output(out, args.overwrite)
+    engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(out / "annotations.jsonl", "w") as ann, tqdm(
@@ -283,33 +421,12 @@ def generate(args) -> int:
         while done < args.n:
             b = min(args.batch_size, args.n - done)
             pose_idx, views = _query_batch(mocap, b, generator, device)
-            res = engine(views.pose2d[:, 0], views.occluded[:, 0])
+            res = engine(views.pose2d, views.occluded)
+            batch = synthetic_batch(res, views, pose_idx, mocap.ids.to(device)[pose_idx])
             images = (res.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            cams = views.cameras
-            for k in range(b):
-                name = f"images/{done + k:07d}.{args.format}"
-                cv2.imwrite(str(out / name), cv2.cvtColor(images[k], cv2.COLOR_RGB2BGR))
-                record = {
-                    "image": name,
-                    "skeleton": mocap.skeleton.name,
-                    "pose2d": res.query[k].tolist(),
-                    "pose3d": views.pose3d[k, 0].tolist(),
-                    "occluded": views.occluded[k, 0].tolist(),
-                    "mocap_index": int(pose_idx[k]),
-                    "mocap_id": int(mocap.ids[pose_idx[k]]),
-                    "camera": {
-                        "azimuth_deg": float(cams.azimuth[k, 0]),
-                        "elevation_deg": float(cams.elevation[k, 0]),
-                        "distance_m": float(cams.distance[k, 0]) if cams.distance.dim() else float(cams.distance),
-                        "focal_px": float(cams.focal[k, 0]) if cams.focal.dim() else float(cams.focal),
-                        "cam_from_world_R": cams.cam_from_world_R[k, 0].tolist(),
-                        "cam_from_world_t": cams.cam_from_world_t[k, 0].tolist(),
-                    },
-                    "matches": res.matches[k].tolist(),
-                    "source_rows": res.source[k].tolist(),
-                    "source_ids": res.source_ids[k].tolist(),
-                    "mirrored": res.mirrored[k].tolist(),
-                }
+            names = [f"images/{done + k:07d}.{args.format}" for k in range(b)]
+            for name, image, record in zip(names, images, annotation_records(batch, mocap.skeleton.name, names)):
+                cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                 ann.write(json.dumps(record) + "\n")
             done += b
             bar.update(b)
@@ -320,17 +437,31 @@ def generate(args) -> int:
 
 def preview(args) -> int:
     from .engine import MosaicEngine
-    from .viz import pipeline_figure
+    from .viz import pipeline_figure, preview_fidelity
 
     device = _device(args.device)
-    pool, mocap = _sources(args, device)
-    engine = MosaicEngine(pool, skeleton=pool.skeleton, device=device)
+    path = Path(args.out)
+    if path.is_dir():
+        path = path / "preview.png"
+    elif not path.suffix:
+        path = path.with_suffix(".png")  # what matplotlib's savefig would write
+    _out_dir(path.parent, "--out's folder")
+    _say(f"preview: loading the pool and mocap ({device})...")
+    pool, mocap = sources_from_args(args, device)
+    _say("preview: synthesising one mosaic and drawing the figure...")
+    engine = MosaicEngine(pool, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
-    res = engine(views.pose2d[:, 0], views.occluded[:, 0])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    pipeline_figure(res, engine, 0, args.out)
-    print(f"wrote {args.out}")
+    res = engine(views.pose2d, views.occluded)
+    # Optional: the independent detector's score, when $GPUMOSAIC_DETECTOR_PYTHON names its environment.
+    fidelity = None if args.no_fidelity else preview_fidelity(res, 0)
+    pipeline_figure(res, engine, 0, path, fidelity=fidelity)
+    print(f"wrote {path}")
+    if fidelity is not None:
+        text = {k: f"PCK@0.2 {v['pck']:.2f}" if v["detected"] else "no person"
+                for k, v in fidelity.items() if k != "version"}
+        print(f"fidelity (MediaPipe {fidelity['version']}): blended {text['blended']}, "
+              f"copy-paste {text['copy_paste']}")
     return 0
 
 
@@ -342,9 +473,13 @@ def export(args) -> int:
 
     from .engine import MosaicEngine
     from .export import export_shards
+    from .settings import ViewSettings
+    from .shardfile import ExportLockedError
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
+    _out_dir(args.out)
+    _say(f"export: loading the pool and mocap ({device})...", args.quiet)
     if launched and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
@@ -353,18 +488,23 @@ def export(args) -> int:
     if created:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        pool, mocap = _sources(args, device)
+        pool, mocap = sources_from_args(args, device)
         try:
-            engine = MosaicEngine(pool, skeleton=pool.skeleton, size=args.size, blend=not args.no_blend,
-                                  device=device)
+            engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device, **_paper(args))
+            classes = None
+            if args.classes is not None:
+                from .classes import PoseClasses
+
+                classes = PoseClasses.load(args.classes, device=device)
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
-                image_format=args.format, jpeg_quality=args.jpeg_quality, views_per_pose=args.views_per_pose,
+                image_format=args.format, jpeg_quality=args.jpeg_quality,
+                views=ViewSettings(views_per_pose=args.views_per_pose), classes=classes,
                 progress=not args.quiet,
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
             )
-        except ValueError as err:
+        except (ValueError, ExportLockedError) as err:
             raise SystemExit(f"error: {err}") from None
     finally:
         if created:
@@ -379,8 +519,9 @@ def export(args) -> int:
 
 
 def data(args) -> int:
-    """``gpumosaic data prepare``: see :func:`gpumosaic.sources.real.prepare`."""
-    from .sources.real import HashMismatchError, prepare
+    """``gpumosaic data prepare``: see :func:`gpumosaic.prepare.prepare`."""
+    from .prepare import prepare
+    from .sources.real import HashMismatchError
 
     try:
         report = prepare(args.cache, force=args.force, quiet=args.quiet, device=_device(args.device))
@@ -420,11 +561,12 @@ def evaluate(args) -> int:
         else:
             preds = load_predictions(args.predictions, test)
         if args.classes is not None:
-            classes = PoseClasses.load(args.classes)
+            classes, box = PoseClasses.load(args.classes), (args.classes_box, None)
         report = evaluate_predictions(test, preds, classes, box, n_boot=args.n_boot, level=args.level)
     except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None
     print(report.table())
+    print(report.joint_table())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report.as_dict(), indent=1))
@@ -435,7 +577,7 @@ def evaluate(args) -> int:
 def predict(args) -> int:
     """``gpumosaic predict``: see :mod:`gpumosaic.predict`."""
     from .checkpoint import load_inference_checkpoint
-    from .predict import draw_prediction, predict_image, prediction_record, read_image, write_json
+    from .predict import draw_prediction, dumps, predict_image, prediction_record, read_image, write_json
 
     try:
         image = read_image(args.image)
@@ -449,7 +591,7 @@ def predict(args) -> int:
         write_json(record, args.json)
         print(f"wrote {args.json}")
     else:
-        print(json.dumps(record, indent=1))
+        print(dumps(record))
     if args.overlay:
         draw_prediction(image, result, ckpt, args.overlay)
         print(f"wrote {args.overlay}")
@@ -458,6 +600,19 @@ def predict(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):  # the commands that compute (not `data`): torch's threads for this process
+        try:
+            _threads.configure_threads(args.threads)
+        except ValueError as err:  # e.g. OMP_NUM_THREADS=abc
+            raise SystemExit(f"error: {err}") from None
+    with _clean_warnings():
+        try:
+            return _run(args)
+        except OSError as err:  # I/O failures as one line, not a traceback
+            raise SystemExit(f"error: {err}") from None
+
+
+def _run(args) -> int:
     if args.command == "evaluate":
         return evaluate(args)
     if args.command == "predict":

@@ -19,12 +19,16 @@ __all__ = [
     "rotation_2d",
     "angle_of",
     "align_rotation",
+    "rigid_alignment",
     "unit_vector",
     "canonical_frame",
     "apply_affine",
     "compose_affine",
     "invert_affine",
     "mirror_affine",
+    "rotation_x",
+    "rotation_y",
+    "rotation_z",
 ]
 
 
@@ -103,6 +107,70 @@ def align_rotation(src_dir: torch.Tensor, dst_dir: torch.Tensor) -> torch.Tensor
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
+def rigid_alignment(
+    query: torch.Tensor, matched: torch.Tensor, neighbour: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rigid map ``T`` of Eq. 2 for each joint's match: ``q'_k = R (q_k - q_j) + p_j``.
+
+    For joint ``j`` with reference neighbour ``i``, ``R`` turns the match's direction ``q_i - q_j`` onto the
+    query's ``p_i - p_j`` (:func:`align_rotation`: no ``atan2``, so coincident joints give a finite
+    gradient) and the translation puts ``q_j`` on ``p_j``; no scale.
+
+    Args:
+        query: float (B, J, 2) query joints ``p``.
+        matched: float (B, J, J, 2): ``matched[b, j]`` holds the J joints ``q`` of joint ``j``'s match, in
+            the query's frame before alignment.
+        neighbour: int64 (B, J) reference neighbour ``i`` of each joint ``j`` (e.g.
+            :func:`gpumosaic.retrieval.reference_neighbours`).
+
+    Returns:
+        ``(query_from_match (B, J, 2, 3), aligned (B, J, J, 2))``: each match's map ``T`` and its joints
+        ``q' = T(q)``, in the dtype of ``query`` and ``matched``; differentiable w.r.t. both.
+
+    Convention:
+        ``(x, y)`` pixels; ``[R | t]`` sends a column point ``q`` to ``R @ q + t``.
+    """
+    dims = check_shape(query, ["B", "J", "2"], name="query")
+    check_shape(matched, ["B", "J", "J", "2"], name="matched", dims=dims)
+    check_shape(neighbour, ["B", "J"], name="neighbour", dims=dims)
+    num_j = query.shape[1]
+    jj = torch.arange(num_j, device=query.device)
+    q_j = matched[:, jj, jj]  # (B, J, 2): joint j of j's own match
+    q_i = torch.gather(matched, 2, neighbour[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
+    p_i = torch.gather(query, 1, neighbour[..., None].expand(-1, -1, 2))
+    rot = align_rotation(q_i - q_j, p_i - query)  # (B, J, 2, 2)
+    trans = query - (rot @ q_j[..., None])[..., 0]
+    query_from_match = torch.cat([rot, trans[..., None]], -1)  # (B, J, 2, 3)
+    return query_from_match, apply_affine(query_from_match, matched)
+
+
+def rigid_alignment_reference(
+    query: torch.Tensor, matched: torch.Tensor, neighbour: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-loop twin of :func:`rigid_alignment` (``atan2`` angles, float64, one (b, j) at a time; tests
+    only)."""
+    import math
+
+    bsz, num_j = query.shape[:2]
+    p = query.detach().cpu().double()
+    q = matched.detach().cpu().double()
+    maps = torch.zeros(bsz, num_j, 2, 3, dtype=torch.float64)
+    aligned = torch.zeros(bsz, num_j, num_j, 2, dtype=torch.float64)
+    for b in range(bsz):
+        for j in range(num_j):
+            i = int(neighbour[b, j])
+            dq = q[b, j, i] - q[b, j, j]
+            dp = p[b, i] - p[b, j]
+            ang = math.atan2(float(dp[1]), float(dp[0])) - math.atan2(float(dq[1]), float(dq[0]))
+            c, s = math.cos(ang), math.sin(ang)
+            rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+            t = p[b, j] - rot @ q[b, j, j]
+            maps[b, j, :, :2], maps[b, j, :, 2] = rot, t
+            for k in range(num_j):
+                aligned[b, j, k] = rot @ (q[b, j, k] - q[b, j, j]) + p[b, j]
+    return maps.to(query.dtype), aligned.to(query.dtype)
+
+
 def canonical_frame(points: torch.Tensor, j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """Canonical coordinates ``c^{j,i}(x)``: ``x`` translated so ``x_j = 0``, rotated so ``x_i - x_j`` is on ``+x``.
 
@@ -168,10 +236,6 @@ def invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
         ``[A | t]`` sends a column point ``p`` to ``A @ p + t`` (pixels, ``(x, y)`` order).
     """
     check_shape(b_from_a, ["*", "2", "3"], name="b_from_a")
-    return _invert_affine(b_from_a)
-
-
-def _invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
     a, b, tx = b_from_a[..., 0, 0], b_from_a[..., 0, 1], b_from_a[..., 0, 2]
     c, d, ty = b_from_a[..., 1, 0], b_from_a[..., 1, 1], b_from_a[..., 1, 2]
     det = a * d - b * c
@@ -187,3 +251,21 @@ def _invert_affine(b_from_a: torch.Tensor) -> torch.Tensor:
 def mirror_affine(width: int, like: torch.Tensor) -> torch.Tensor:
     """The horizontal flip ``x -> (W - 1) - x`` of a W-wide image as a (2, 3) affine (pixel centres)."""
     return torch.tensor([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0]], dtype=like.dtype, device=like.device)
+
+
+def rotation_x(angle: torch.Tensor) -> torch.Tensor:
+    """3D rotations (..., 3, 3) by ``angle`` (...) radians about ``+x`` (right-handed, counter-clockwise)."""
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([o, z, z, z, c, -s, z, s, c], -1).unflatten(-1, (3, 3))
+
+
+def rotation_y(angle: torch.Tensor) -> torch.Tensor:
+    """3D rotations (..., 3, 3) by ``angle`` (...) radians about ``+y`` (right-handed, counter-clockwise)."""
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([c, z, s, z, o, z, -s, z, c], -1).unflatten(-1, (3, 3))
+
+
+def rotation_z(angle: torch.Tensor) -> torch.Tensor:
+    """3D rotations (..., 3, 3) by ``angle`` (...) radians about ``+z`` (right-handed, counter-clockwise)."""
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], -1).unflatten(-1, (3, 3))

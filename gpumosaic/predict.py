@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .skeleton import get_skeleton
 from .warp import warp_images
 
 __all__ = ["PosePrediction", "ImagePrediction", "box_to_box", "box_from_person_box", "crop_image",
-           "predict_crops", "predict_image", "read_image", "prediction_record", "draw_prediction"]
+           "predict_crops", "predict_image", "read_image", "prediction_record", "draw_prediction", "dumps", "write_json"]
 
 
 @dataclass(frozen=True)
@@ -325,9 +326,14 @@ def draw_prediction(image: torch.Tensor, result: ImagePrediction, checkpoint: In
     return path
 
 
+def dumps(record: dict) -> str:
+    """Indented JSON with every innermost list (a joint's coordinates, the joint names) on one line."""
+    return re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", json.dumps(record, indent=1))
+
+
 def write_json(record: dict, path: str | os.PathLike) -> Path:
-    """Write ``record`` as indented JSON."""
+    """Write ``record`` with :func:`dumps`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
+    path.write_text(dumps(record) + "\n")
     return path

@@ -1,7 +1,7 @@
 """Run the evaluation protocols on a test set: predictions -> report (``gpumosaic evaluate``'s engine).
 
 * :func:`predict_test_set`: crop every test person into the network box exactly as the protocol does (the
-  :func:`~gpumosaic.geometry.fit_to_box` square of its ground-truth joints, :func:`~gpumosaic.sources.build.build_pool`)
+  :func:`~gpumosaic.geometry.fit_to_box` square of its ground-truth joints, :func:`~gpumosaic.pools.build_pool`)
   and run a checkpoint; poses mapped back to image pixels.
 * :func:`evaluate_predictions`: every metric of :mod:`gpumosaic.evaluate` on those (or any) predictions,
   with bootstrap intervals over the test set's instants, per-joint tables and the class lower bounds:
@@ -35,7 +35,7 @@ from .predict import box_to_box, predict_crops
 from .testsets import TestSet
 
 __all__ = ["TestPredictions", "EvaluationReport", "predict_test_set", "evaluate_predictions",
-           "save_predictions", "load_predictions", "BOX_SIZE"]
+           "constant_predictions", "save_predictions", "load_predictions", "BOX_SIZE"]
 
 BOX_SIZE = 220
 """The paper's normalised box side for 2D errors."""
@@ -81,6 +81,14 @@ class EvaluationReport:
         return {"info": self.info, "summary": {k: v.as_dict() for k, v in self.summary.items()},
                 "per_joint": self.per_joint}
 
+    def joint_table(self) -> str:
+        """Per-joint means as text: one row per joint, one column per table (2D px, PCK, PCKh, 3D mm)."""
+        rows: dict = {}
+        for table, values in self.per_joint.items():
+            for joint, v in values.items():
+                rows.setdefault(joint, {})[table] = v
+        return metrics_table(rows, title="per joint")
+
     def table(self) -> str:
         rows = {name: {"mean": v.mean, f"{100 * v.level:.0f}% low": v.low, f"{100 * v.level:.0f}% high": v.high}
                 for name, v in self.summary.items()}
@@ -90,7 +98,8 @@ class EvaluationReport:
 
 @torch.no_grad()
 def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: torch.device | str | None = None,
-                     batch_size: int = 64, k: int = 1, progress: bool = True) -> TestPredictions:
+                     batch_size: int = 64, k: int = 1, progress: bool = True,
+                     read_image=None) -> TestPredictions:
     """Run ``checkpoint`` on every test person, cropped by the protocol's box (its ground-truth joints).
 
     Args:
@@ -100,13 +109,15 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
         batch_size: people cropped and predicted at a time.
         k: top-k classes kept in ``classes`` (the poses are the top-1's).
         progress: tqdm bar on stderr.
+        read_image: ``path -> (H, W, 3) uint8 RGB`` for the test set's image paths (default: OpenCV's
+            ``imread``; pass a reader for e.g. video-frame pseudo paths).
 
     Returns:
         :class:`TestPredictions` with 2D poses in image pixels.
     """
     from tqdm import tqdm
 
-    from .sources.build import build_pool
+    from .pools import build_pool
 
     if test.skeleton.name != checkpoint.skeleton:
         raise ValueError(f"Test set skeleton {test.skeleton.name} differs from the checkpoint's {checkpoint.skeleton}")
@@ -119,7 +130,7 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
     for start in tqdm(range(0, len(test), batch_size), disable=not progress, file=sys.stderr, unit="batch",
                       desc="predict"):
         part = test.annotations.subset(torch.arange(start, min(start + batch_size, len(test))))
-        pool = build_pool(part, s, checkpoint.margin, device=device)
+        pool = build_pool(part, s, checkpoint.margin, device=device, read_image=read_image)
         _, box_from_image = fit_to_box(part.joints.double(), s, checkpoint.margin)
         pred = predict_crops(model, checkpoint, pool.images, k)
         pose2d.append(apply_affine(invert_affine(box_from_image), pred.pose2d[:, 0].double().cpu()).float())
@@ -127,6 +138,32 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
         if pred.classes is not None:
             classes.append(pred.classes.cpu())
     return TestPredictions(torch.cat(pose2d), torch.cat(pose3d), torch.cat(classes) if classes else None)
+
+
+def constant_predictions(test: TestSet, pose2d: torch.Tensor, box: tuple[int, float | None] = (BOX_SIZE, None),
+                         pose3d: torch.Tensor | None = None) -> TestPredictions:
+    """The same pose predicted for every test person (trivial baselines: the most frequent class's mean
+    pose, the mean training pose), placed in each person's protocol box.
+
+    Args:
+        test: the test set.
+        pose2d: (J, 2) float box pixels of a ``box = (size, margin)`` normalised box (e.g. a class mean 2D
+            pose, ``PoseClasses.mean_pose2d[k]``, in the classes' box).
+        box: the box ``pose2d`` is in (``margin`` ``None``: 10 % of ``size``).
+        pose3d: (J, 3) float oriented metres, or ``None``.
+
+    Returns:
+        :class:`TestPredictions` in image pixels: ``pose2d`` moved into each person's ``fit_to_box`` square
+        of its ground truth (as a network's prediction on the protocol's crop would be).
+    """
+    n, j = test.annotations.joints.shape[:2]
+    if tuple(pose2d.shape) != (j, 2) or (pose3d is not None and tuple(pose3d.shape) != (j, 3)):
+        raise ValueError(f"Expected pose2d ({j}, 2) and pose3d ({j}, 3) or None, got {tuple(pose2d.shape)} and "
+                         f"{None if pose3d is None else tuple(pose3d.shape)}")
+    _, box_from_image = fit_to_box(test.annotations.joints.double(), BOX_SIZE)
+    in_box = box_to_box(pose2d.double().cpu(), box[0], BOX_SIZE, box[1], None)
+    p2 = apply_affine(invert_affine(box_from_image), in_box.expand(n, j, 2)).float()
+    return TestPredictions(p2, None if pose3d is None else pose3d.float().cpu().expand(n, j, 3).clone())
 
 
 def _add(summary, per_entry, name, values, groups, n_boot, level):

@@ -20,7 +20,7 @@ Eq. 1–9 of Rogez & Schmid, IJCV 2018) the way the paper's engine would run on 
 
 It is the baseline of ``benchmarks/throughput.py`` and the independent check of ``tests/test_reference.py``.
 It shares no pipeline code with the engine (only the :class:`~gpumosaic.skeleton.Skeleton` tables and the
-documented defaults of σ and the margin).
+engine's :class:`~gpumosaic.MosaicSettings`, whose defaults are resolved in one place).
 
 Convention:
     2D points are ``(x, y)`` pixels, ``x`` to the right (column ``u``), ``y`` down (row ``v``); pixel
@@ -44,13 +44,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import Delaunay, QhullError
 
-from .skeleton import LSP14, Skeleton
+from .settings import MosaicSettings
+from .skeleton import Skeleton
 from .sources.base import Pool2D
 
 __all__ = ["ReferenceEngine", "ReferenceResult", "single_threaded_blas"]
 
 _EPS_PX = 1.0  # ε of Eq. 3, px
-_DEFAULT_SIGMA_220 = 7.5  # σ of Eq. 5 at S = 220 (gpumosaic.DEFAULT_SIGMA), scaled by S / 220
 _LINE_SHIFT = 4  # cv2.line fixed-point bits: joints rasterised at 1/16 px
 
 
@@ -220,43 +220,43 @@ class ReferenceEngine:
     Args:
         pool: the annotated images (:class:`~gpumosaic.sources.Pool2D`, uint8 or float images); kept as
             is (no copy of the images), read one match at a time.
-        skeleton: joint layout of queries and pool (must equal ``pool.skeleton``).
-        size: S, output side in pixels. alpha, beta: Eq. 7. sigma: Eq. 5 in box px, ``None`` =
-            ``7.5 · size / 220`` (the engine's default). margin: ``fit_to_box`` margin, ``None`` = 10 % of
-            ``size``. mirror: double the pool virtually with mirrored entries. padding_mode: ``"border"``
-            (``cv2.BORDER_REPLICATE``) or ``"zeros"`` (``cv2.BORDER_CONSTANT`` 0).
+        skeleton: joint layout of queries and pool; ``None`` means ``pool.skeleton`` (a given one must
+            match it).
+        settings: the engine's :class:`~gpumosaic.MosaicSettings` (``None``: the defaults); ``size``,
+            ``alpha``, ``beta``, ``sigma``, ``margin``, ``mirror``, ``padding_mode`` (``"border"``:
+            ``cv2.BORDER_REPLICATE``, ``"zeros"``: ``cv2.BORDER_CONSTANT`` 0, ``"reflection"``:
+            ``cv2.BORDER_REFLECT``) and ``mask_outside`` (pixels whose nearest stored pixel, by a
+            nearest-neighbour ``cv2.warpAffine`` of an all-ones image, lies outside lose the index map to any
+            match with content there and leave the blend) are used; ``compat_weight`` must be 0; the others
+            (warps, chunks, soft mode) do not apply to this reference of the hard engine.
 
     Calling it on ``query (J, 2)`` (pixels of any frame) and ``occluded (J,) bool`` returns a
     :class:`ReferenceResult`. Occluded joints are not searched; if every joint is occluded all are searched.
     """
 
-    def __init__(
-        self,
-        pool: Pool2D,
-        skeleton: Skeleton = LSP14,
-        size: int = 220,
-        alpha: float = 6.0,
-        beta: float = 0.25,
-        sigma: float | None = None,
-        margin: float | None = None,
-        mirror: bool = True,
-        padding_mode: str = "border",
-    ) -> None:
+    def __init__(self, pool: Pool2D, skeleton: Skeleton | None = None,
+                 settings: MosaicSettings | None = None) -> None:
         if not isinstance(pool, Pool2D):
             raise TypeError(f"Expected pool to be a Pool2D, got {type(pool).__name__}")
+        skeleton = pool.skeleton if skeleton is None else skeleton
         if pool.skeleton.name != skeleton.name:
             raise ValueError(f"Pool skeleton {pool.skeleton.name} differs from skeleton {skeleton.name}")
-        if padding_mode not in ("border", "zeros"):
-            raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {padding_mode!r}")
-        if size < 8:
-            raise ValueError(f"Expected size >= 8, got {size}")
+        settings = MosaicSettings() if settings is None else settings
+        if not isinstance(settings, MosaicSettings):
+            raise TypeError(f"Expected settings to be a MosaicSettings or None, got {type(settings).__name__}")
+        size, padding_mode = settings.size, settings.padding_mode
         self.skeleton = skeleton
         self.size = int(size)
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.sigma = _DEFAULT_SIGMA_220 * size / 220.0 if sigma is None else float(sigma)
-        self.margin = 0.1 * size if margin is None else float(margin)
-        self.mirror = bool(mirror)
-        self.border = cv2.BORDER_REPLICATE if padding_mode == "border" else cv2.BORDER_CONSTANT
+        self.alpha, self.beta = float(settings.alpha), float(settings.beta)
+        self.sigma = float(settings.sigma)  # resolved by MosaicSettings (7.5 · size / 220 by default)
+        self.margin = float(settings.margin)  # resolved by MosaicSettings (10 % of size by default)
+        self.mirror = bool(settings.mirror)
+        self.border = {"border": cv2.BORDER_REPLICATE, "zeros": cv2.BORDER_CONSTANT,
+                       "reflection": cv2.BORDER_REFLECT}[padding_mode]
+        self.mask_outside = bool(settings.mask_outside)
+        if settings.compat_weight:
+            raise ValueError("Expected compat_weight = 0: the reference engine has only the paper's per-joint "
+                             f"retrieval, got compat_weight={settings.compat_weight}")
         self.images = pool.images.detach().cpu()  # (N, 3, H, W), read one match at a time
         self.scale = 1.0 if self.images.is_floating_point() else 1.0 / 255.0
         joints = pool.joints.detach().cpu().double().numpy()
@@ -318,6 +318,13 @@ class ReferenceEngine:
         out = cv2.warpAffine(src, query_from_stored, (self.size, self.size), flags=cv2.INTER_LINEAR,
                              borderMode=self.border, borderValue=(0.0, 0.0, 0.0, 0.0))
         return out.transpose(2, 0, 1)  # (3, S, S)
+
+    def _inside(self, query_from_stored: np.ndarray) -> np.ndarray:
+        """(S, S) bool: query pixels whose nearest stored pixel lies inside the stored image (mask_outside)."""
+        h, w = self.images.shape[-2:]
+        ones = np.ones((h, w), np.uint8)
+        return cv2.warpAffine(ones, query_from_stored, (self.size, self.size), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
     def _skeleton_distance(self, p: np.ndarray) -> np.ndarray:
         raster = np.zeros((self.size, self.size), np.uint8)
@@ -397,7 +404,13 @@ class ReferenceEngine:
         t3 = time.perf_counter()
         timings["probability"] = t3 - t2
 
-        masked = np.where(searched[:, None, None], prob, -np.inf)
+        valid = np.ones((num_j, s, s), bool)
+        if self.mask_outside:
+            for j in np.flatnonzero(searched):
+                valid[j] = self._inside(query_from_stored[j])
+        # Lexicographic: a valid match beats any invalid one (prob is in [0, 1]), then the larger prob.
+        key = prob + 2.0 * valid if self.mask_outside else prob
+        masked = np.where(searched[:, None, None], key, -np.inf)
         index = np.argmax(masked, axis=0).astype(np.int64)  # first maximum: ties go to the lowest j
         unblended = np.take_along_axis(warped, index[None, None].repeat(3, 1), axis=0)[0]
         t4 = time.perf_counter()
@@ -406,6 +419,10 @@ class ReferenceEngine:
         distance = self._skeleton_distance(p)
         half = np.maximum(np.floor((self.alpha + self.beta * distance) / 2.0), 0).astype(np.int64)
         weights = self._window_weights(index, num_j, half)
+        if self.mask_outside:
+            kept = weights * valid
+            total = kept.sum(0, keepdims=True)
+            weights = np.where(total > 0, kept / np.where(total > 0, total, 1.0), weights)
         images = np.einsum("jhw,jchw->chw", weights, warped.astype(np.float64)).astype(np.float32)
         timings["blending"] = time.perf_counter() - t4
 

@@ -12,7 +12,9 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["Skeleton", "LSP14", "MPII16", "H36M17", "mapping", "convert", "get_skeleton"]
+from ._check import ShapeError, check_finite, check_shape, checks_enabled
+
+__all__ = ["Skeleton", "LSP14", "MPII16", "H36M17", "mapping", "convert", "get_skeleton", "check_joints"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ class Skeleton:
     def flip_tensor(self, device=None) -> torch.Tensor:
         """Flip permutation as an int64 tensor of shape (J,)."""
         return torch.tensor(self.flip, dtype=torch.long, device=device)
+
+    def torso_centre(self, joints: torch.Tensor) -> torch.Tensor:
+        """Mean of the torso joints (right/left shoulders, right/left hips) of ``joints`` (..., J, D) ->
+        (..., D), same dtype and device (no validation: see :func:`gpumosaic.camera.torso_centre`)."""
+        idx = torch.tensor(self.torso, device=joints.device)
+        return joints.index_select(-2, idx).mean(dim=-2)
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -203,3 +211,22 @@ def convert(joints: torch.Tensor, src: Skeleton | str, dst: Skeleton | str) -> t
     """Convert joints of shape (..., J_src, D) to (..., J_dst, D) with :func:`mapping`."""
     m = mapping(src, dst).to(device=joints.device, dtype=joints.dtype)
     return torch.einsum("ds,...sc->...dc", m, joints)
+
+
+def check_joints(x: torch.Tensor, skeleton: Skeleton, name: str, coords: str | None = "3") -> None:
+    """Validate joints ``x (..., J, coords)`` of ``skeleton`` at a public entry point: float, J joints, finite.
+
+    ``coords`` is the size of the last dimension (``"2"``, ``"3"``) or ``None`` for any. Raises
+    :class:`~gpumosaic._check.ShapeError` / ``TypeError`` / ``ValueError`` naming ``name``; the finiteness
+    check syncs with the device (skipped inside :func:`~gpumosaic._check.unchecked`).
+    """
+    check_shape(x, ["*", "J", coords if coords is not None else "D"], name=name)
+    if not checks_enabled():
+        return
+    if not x.is_floating_point():
+        raise TypeError(f"Expected floating-point {name}, got {x.dtype}")
+    if x.shape[-2] != len(skeleton):
+        raise ShapeError(
+            f"Expected {name} with J={len(skeleton)} joints of skeleton {skeleton.name}, got {tuple(x.shape)}"
+        )
+    check_finite(x, name)

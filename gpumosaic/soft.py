@@ -52,7 +52,15 @@ import torch
 from ._check import check_finite, check_shape, unchecked
 from .blend import blend, index_map
 from .skeleton import Skeleton, get_skeleton
-from .warp import warp_gather
+from .synthesis import (
+    MosaicResult,
+    MosaicSettings,
+    PreparedPool,
+    match_and_map,
+    mosaic_result,
+    validate_query,
+    warp_matched,
+)
 
 __all__ = [
     "soft_assignment",
@@ -370,44 +378,44 @@ def soft_window_weights_reference(
 
 
 def synthesise_soft(
-    engine,
     query: torch.Tensor,
     searched: torch.Tensor,
+    settings: MosaicSettings,
+    prepared: PreparedPool,
     temperature: float | None = None,
     matches: torch.Tensor | None = None,
-):
-    """Core of soft mode (no validation): what ``MosaicEngine._synthesise`` runs when ``settings.soft``.
+) -> MosaicResult:
+    """Core of soft mode on validated inputs (no checks): what the engine runs when ``settings.soft``.
 
     Computes in ``query.dtype`` (float32 or float64). Retrieval runs on the detached query in the index's
-    dtype, so the matches are the hard engine's.
+    dtype, so the matches are the hard engine's (:func:`~gpumosaic.synthesis.match_and_map`, shared).
 
     Args:
-        engine: a :class:`~gpumosaic.MosaicEngine` (its pool, index and settings are used).
-        query: float ``(B, J, 2)`` query poses (any frame; fitted into the S×S box here), on the engine's
+        query: float ``(B, J, 2)`` query poses (any frame; fitted into the S×S box here), on ``prepared``'s
             device.
         searched: bool ``(B, J)``.
-        temperature: ``τ``; ``None`` means ``engine.settings.temperature``.
+        settings: the engine's :class:`~gpumosaic.MosaicSettings`.
+        prepared: the pool (:func:`~gpumosaic.synthesis.prepare_pool`).
+        temperature: ``τ``; ``None`` means ``settings.temperature``.
         matches: int64 ``(B, J)`` virtual pool indices to use instead of retrieval, or ``None`` (Eq. 4).
 
     Returns:
         :class:`~gpumosaic.MosaicResult` whose ``images`` (blended), ``mosaic_unblended`` (``Σ_j a_j I'_j``),
-        ``weights`` (soft window weights), ``distance`` (smooth), ``probability``, ``aligned``, ``query`` and
+        ``weights`` (soft window weights), ``distance`` (smooth), ``probability``, ``aligned``, ``pose2d`` and
         ``query_from_stored`` carry gradients w.r.t. ``query``; ``index_map`` is the hard argmax of the
         probability maps (for inspection), ``matches`` etc. are as in hard mode.
     """
-    s = engine.settings
+    s = settings
     tau = s.temperature if temperature is None else temperature
     dt = query.dtype
     searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
 
     # Steps 1-4 as in hard mode (box, retrieval, rigid alignment, probability maps): differentiable
     # w.r.t. the query except for the discrete choice of matches.
-    mt = engine._match_and_map(query, searched, matches)
-    p, prob, size = mt.query, mt.probability, (s.size, s.size)
-    warped = warp_gather(
-        engine.pool.images, mt.source, mt.query_from_stored, size,
-        padding_mode=s.padding_mode, chunk=s.warp_chunk, dtype=dt,
-    ) * searched[..., None, None, None].to(dt)  # (B, J, 3, S, S), differentiable w.r.t. the affine (grid)
+    mt = match_and_map(query, searched, s, prepared, matches)
+    p, prob, size = mt.pose2d, mt.probability, (s.size, s.size)
+    # (B, J, 3, S, S), differentiable w.r.t. the affine (grid)
+    warped = warp_matched(prepared, s, mt.source_rows, mt.query_from_stored, searched, dtype=dt)
 
     # 5. Soft index map and soft copy-paste mosaic.
     assign = _soft_assignment(prob, searched, tau)
@@ -417,13 +425,13 @@ def synthesise_soft(
     weights = distance = None
     images = unblended
     if s.blend:
-        distance = _soft_skeleton_distance(p, engine.skeleton, size, tau)
+        distance = _soft_skeleton_distance(p, prepared.skeleton, size, tau)
         weights = _soft_window_weights(assign, distance, float(s.alpha), float(s.beta), tau)
         images = blend(warped, weights)
 
-    return engine._result(mt, searched, images=images, mosaic_unblended=unblended,
-                          index_map=index_map(prob.detach(), searched), warped=warped, weights=weights,
-                          distance=distance)
+    return mosaic_result(prepared, mt, searched, images=images, mosaic_unblended=unblended,
+                         index_map=index_map(prob.detach(), searched), warped=warped, weights=weights,
+                         distance=distance)
 
 
 def soft_mosaic(
@@ -463,7 +471,7 @@ def soft_mosaic(
         >>> q.grad.shape
         torch.Size([1, 14, 2])
     """
-    query, searched = engine._validate(query, occluded)
+    query, searched = validate_query(query, occluded, engine.skeleton, engine.device)
     dims = {"B": query.shape[0], "J": query.shape[1]}
     tau = engine.settings.temperature if temperature is None else _check_temperature(temperature)
     if matches is not None:
@@ -475,4 +483,4 @@ def soft_mosaic(
         if bool(((matches < 0) | (matches >= len(engine.index)))[searched].any()):
             raise IndexError(f"Expected matches in [0, {len(engine.index)}) for the searched joints")
     with unchecked():
-        return synthesise_soft(engine, query, searched, tau, matches)
+        return synthesise_soft(query, searched, engine.settings, engine.prepared, tau, matches)

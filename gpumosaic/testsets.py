@@ -229,7 +229,7 @@ def fit_camera(world: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.nda
     zero = np.zeros_like(xw)
     a = np.concatenate([np.concatenate([xw, zero, -xi[:, :1] * xw], 1),
                         np.concatenate([zero, xw, -xi[:, 1:2] * xw], 1)])
-    p = np.linalg.svd(a)[2][-1].reshape(3, 4)
+    p = np.linalg.svd(a, full_matrices=False)[2][-1].reshape(3, 4)  # (2M, 12): U never formed in full
     p = np.linalg.inv(t2) @ p @ t3
     if np.linalg.det(p[:, :3]) < 0:
         p = -p

@@ -35,11 +35,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .camera import look_at, project, torso_centre
+from .camera import look_at, project, torso_centre, view_angles
 from .checkpoint import InferenceCheckpoint, load_inference_checkpoint, save_inference_checkpoint
 from .classes import PoseClasses
-from .dataset import OnlineMosaicDataset, epoch_permutation, view_angles
+from .dataset import OnlineMosaicDataset
 from .geometry import default_margin, fit_to_box
+from .settings import MosaicSettings, ViewSettings
+from .sharding import epoch_permutation
 from .models import MIN_SIZE, PoseClassifier, PoseRegressor, normalise_targets
 from .realcrops import class_box_poses, flip_crops, real_crops, real_labels
 from .sources.base import Mocap3D, Pool2D
@@ -184,14 +186,13 @@ def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Ten
     poses = ds.poses  # (M, J, 3) world metres
     m = torch.arange(poses.shape[0], device=poses.device)[:, None]
     v = torch.arange(views, device=poses.device)[None, :]
-    az, el = view_angles(m, v, ds.seed, ds.azimuth_range, ds.elevation_range)  # (M, V)
+    az, el = view_angles(m, v, ds.seed, ds.views)  # (M, V)
     target = torso_centre(poses, ds.skeleton)[:, None, :]
     R, t = look_at(target, az, el, ds.distance)  # cam_from_world (M, V, 3, 3), (M, V, 3)
     cam = torch.einsum("...ij,...kj->...ki", R, poses[:, None]) + t[..., None, :]  # (M, V, J, 3)
     pose3d = cam - torso_centre(cam, ds.skeleton)[..., None, :]
     settings = ds.engine.settings
-    margin = default_margin(settings.size) if settings.margin is None else settings.margin
-    pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, margin)
+    pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, settings.margin)
     j = poses.shape[1]
     return pose3d.reshape(-1, j, 3), pose2d.reshape(-1, j, 2)
 
@@ -277,8 +278,9 @@ def prepare_data(config: TrainConfig, pool: Pool2D | None, mocap: Mocap3D | None
         if pool is None or mocap is None:
             raise ValueError(f"Expected a pool and a mocap for mode {config.mode!r} / fitting classes, got "
                              f"pool={type(pool).__name__}, mocap={type(mocap).__name__}")
-        mosaics = OnlineMosaicDataset(pool, mocap, config.batch_size, views_per_pose=config.views, device=device,
-                                      seed=config.seed, engine={"size": config.size, "margin": config.margin},
+        mosaics = OnlineMosaicDataset(pool, mocap, config.batch_size, views=ViewSettings(views_per_pose=config.views),
+                                      device=device, seed=config.seed,
+                                      engine=MosaicSettings(size=config.size, margin=config.margin),
                                       drop_last=True, rank=0, world_size=1)
         if mosaics.num_pairs < config.batch_size:
             raise ValueError(f"Expected at least batch_size={config.batch_size} (pose, view) pairs, got "
@@ -328,8 +330,8 @@ def _mosaic_batch(data: TrainData, index: int) -> dict[str, torch.Tensor]:
         ds.set_epoch(epoch)
         data.mosaic_batches = {epoch: ds.pair_batches(ds.shard(0, 1))}
     out = ds.synthesise(data.mosaic_batches[epoch][i])
-    return {"image": out["image"], "pose2d": out["pose2d"], "pose3d": out["pose3d"], "label": out["label"],
-            "has3d": torch.ones_like(out["label"], dtype=torch.bool)}
+    return {"image": out.image, "pose2d": out.pose2d, "pose3d": out.pose3d, "label": out.label,
+            "has3d": torch.ones_like(out.label, dtype=torch.bool)}
 
 
 def real_batch(data: TrainData, index: int) -> dict[str, torch.Tensor]:

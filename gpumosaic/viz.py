@@ -9,7 +9,7 @@ import torch
 
 from .skeleton import Skeleton
 
-__all__ = ["draw_skeleton", "pipeline_figure"]
+__all__ = ["draw_skeleton", "pipeline_figure", "preview_fidelity"]
 
 _LEFT, _RIGHT, _MID = "#1f77b4", "#d62728", "#2ca02c"
 
@@ -33,11 +33,34 @@ def _img(x: torch.Tensor) -> np.ndarray:
     return x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
-def pipeline_figure(result, engine, b: int, path: str | Path) -> None:
+def preview_fidelity(result, b: int = 0, python=None) -> dict | None:
+    """The fidelity of mosaic ``b`` to the independent detector (:mod:`gpumosaic.fidelity`), or ``None`` when
+    the detector is not set up (``$GPUMOSAIC_DETECTOR_PYTHON``): an optional path, gpumosaic never needs it.
+
+    Returns:
+        ``{"blended": {...}, "copy_paste": {...}, "version": str}``, each ``{"detected": bool, "pck": float,
+        "joints": (J, 2) ndarray}``: PCK@0.2 of the torso over the 12 limb joints against the query pose.
+    """
+    from .fidelity import LIMBS12, correct_joints, detect_poses, detector_available
+
+    if not detector_available(python):
+        return None
+    det = detect_poses(torch.cat([result.images[b:b + 1], result.mosaic_unblended[b:b + 1]]), python)
+    labels = result.query[b:b + 1].detach().double().cpu().numpy().repeat(2, 0)
+    ok = correct_joints(det.joints, det.detected, labels)[:, list(LIMBS12)].mean(1)
+    out = {"version": det.version}
+    for k, name in enumerate(("blended", "copy_paste")):
+        out[name] = {"detected": bool(det.detected[k]), "pck": float(ok[k]), "joints": det.joints[k]}
+    return out
+
+
+def pipeline_figure(result, engine, b: int, path: str | Path, fidelity: dict | None = None) -> None:
     """Figure 2 of the paper for query ``b`` of a :class:`~gpumosaic.engine.MosaicResult`.
 
     Rows: the query pose, index map, mosaic before and after blending; each joint's matched image warped
     into the query frame (its aligned pose drawn, the joint circled); each joint's probability map.
+    ``fidelity`` (from :func:`preview_fidelity`) adds the independent detector's pose on the blended mosaic
+    and its PCK@0.2 for both mosaics.
     """
     import matplotlib
 
@@ -70,6 +93,15 @@ def pipeline_figure(result, engine, b: int, path: str | Path) -> None:
     if result.distance is not None:
         top[5].imshow(result.distance[b].cpu().numpy(), cmap="magma")
         top[5].set_title("skeleton distance d", fontsize=9)
+    if fidelity is not None:
+        blended, pasted = fidelity["blended"], fidelity["copy_paste"]
+        top[6].imshow(_img(result.images[b]))
+        if blended["detected"]:
+            draw_skeleton(top[6], torch.from_numpy(blended["joints"]), skel, lw=1.0)
+        top[6].set_title(f"MediaPipe: PCK@0.2 {blended['pck']:.2f}" if blended["detected"]
+                         else "MediaPipe: no person", fontsize=9)
+        pasted_text = f"{pasted['pck']:.2f}" if pasted["detected"] else "no person"
+        top[2].set_title(f"mosaic, no blending (PCK {pasted_text})", fontsize=8)
     for j in range(num_j):
         r, c = divmod(j, cols)
         ax = axes[1 + r, c]

@@ -24,17 +24,18 @@ import torch
 import torch.nn.functional as F
 
 from gpumosaic._check import ShapeError, check_finite, check_shape, checks_enabled
-from gpumosaic.geometry import _invert_affine, apply_affine, compose_affine, invert_affine
+from gpumosaic.geometry import apply_affine, compose_affine, invert_affine
 
 __all__ = [
     "warp_images",
     "warp_gather",
     "warp_points",
+    "source_inside",
     "compose_affine",
     "invert_affine",
 ]
 
-_PADDING_MODES = ("border", "zeros")
+_PADDING_MODES = ("border", "zeros", "reflection")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -78,6 +79,59 @@ def warp_points_reference(points: torch.Tensor, dst_from_src: torch.Tensor) -> t
     return out
 
 
+def source_inside(
+    dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int], *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Which destination pixels sample *inside* the source image (not its padding).
+
+    Destination pixel ``(v, u)`` samples the source at ``(x, y) = src_from_dst @ (u, v, 1)``; it is inside
+    when ``-0.5 <= x <= Ws - 0.5`` and ``-0.5 <= y <= Hs - 0.5``, i.e. within the area of the source's pixels
+    (a bilinear sample there is made of the image's own pixels, with at most the half-pixel edge replicated).
+    Outside, the value is pure padding (a replicated border streak or zeros).
+
+    Args:
+        dst_from_src: ``(..., 2, 3)`` float affine maps from source pixels to destination pixels.
+        src_size: the source ``(Hs, Ws)``.
+        size: the destination ``(H, W)``.
+        dtype: the dtype in which the source positions are computed.
+
+    Returns:
+        ``(..., H, W)`` bool.
+
+    Convention:
+        as :func:`warp_images`: pixels ``(x, y)`` = (column, row), centres at integers, ``dst = A @ src + t``.
+    """
+    check_shape(dst_from_src, ["*", "2", "3"], name="dst_from_src")
+    src_h, src_w = _validate_size(src_size)
+    height, width = _validate_size(size)
+    lead = dst_from_src.shape[:-2]
+    src_from_dst = invert_affine(dst_from_src.reshape(-1, 2, 3).to(dtype))
+    u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
+    v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
+    inside = None
+    for row, extent in ((0, src_w), (1, src_h)):
+        a, b, c = (src_from_dst[:, row, k, None, None] for k in range(3))
+        coord = torch.addcmul(torch.addcmul(c, a, u), b, v)  # (n, H, W)
+        ok = (coord >= -0.5) & (coord <= extent - 0.5)
+        inside = ok if inside is None else inside & ok
+    return inside.reshape(*lead, height, width)
+
+
+def source_inside_reference(dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """Plain-loop twin of :func:`source_inside` in float64 (tests only)."""
+    src_h, src_w = src_size
+    height, width = size
+    flat = dst_from_src.reshape(-1, 2, 3).double().cpu()
+    out = torch.zeros(flat.shape[0], height, width, dtype=torch.bool)
+    for n in range(flat.shape[0]):
+        inv = torch.linalg.inv(torch.cat([flat[n], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]))
+        for v in range(height):
+            for u in range(width):
+                x, y, _ = (inv @ torch.tensor([u, v, 1.0], dtype=torch.float64)).tolist()
+                out[n, v, u] = -0.5 <= x <= src_w - 0.5 and -0.5 <= y <= src_h - 0.5
+    return out.reshape(*dst_from_src.shape[:-2], height, width)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Image warps
 # ---------------------------------------------------------------------------------------------------------
@@ -97,7 +151,7 @@ def _sampling_grid(
     """
     height, width = dst_size
     src_h, src_w = src_size
-    src_from_dst = _invert_affine(dst_from_src).to(dtype)  # (n, 2, 3)
+    src_from_dst = invert_affine(dst_from_src).to(dtype)  # (n, 2, 3)
     u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
     v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
     coords = []
@@ -127,6 +181,17 @@ def _validate_affine(dst_from_src: torch.Tensor) -> None:
         det = dst_from_src[..., 0, 0] * dst_from_src[..., 1, 1] - dst_from_src[..., 0, 1] * dst_from_src[..., 1, 0]
         if bool((det == 0).any()):
             raise ValueError("Expected dst_from_src with invertible linear parts, got a zero determinant")
+
+
+def _check_warp_args(dst_from_src: torch.Tensor, size: Sequence[int], padding_mode: str, chunk: int) -> tuple[int, int]:
+    """The one validation of the warp functions' common arguments; returns ``(H, W)``."""
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"Expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
+    if chunk <= 0:
+        raise ValueError(f"Expected chunk > 0, got {chunk}")
+    height_width = _validate_size(size)
+    _validate_affine(dst_from_src)
+    return height_width
 
 
 def _out_dtype(images: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
@@ -187,14 +252,16 @@ def warp_images(
     """Bilinearly resample each source image into an H×W destination frame.
 
     Equals ``cv2.warpAffine(src, M=dst_from_src[b], dsize=(W, H), flags=cv2.INTER_LINEAR,
-    borderMode=cv2.BORDER_REPLICATE)`` for ``padding_mode="border"`` and ``cv2.BORDER_CONSTANT`` with
-    value 0 for ``padding_mode="zeros"`` (samples straddling the border interpolate with the zeros).
+    borderMode=cv2.BORDER_REPLICATE)`` for ``padding_mode="border"``, ``cv2.BORDER_CONSTANT`` with
+    value 0 for ``padding_mode="zeros"`` (samples straddling the border interpolate with the zeros) and
+    ``cv2.BORDER_REFLECT`` (``dcba|abcd``: mirrored about the image's edge) for ``"reflection"``.
 
     Args:
         images: ``(B, C, Hs, Ws)`` float images (any float dtype), or uint8 images in [0, 255].
         dst_from_src: ``(B, 2, 3)`` float affine maps from source pixels to destination pixels.
         size: destination ``(H, W)``.
-        padding_mode: ``"border"`` (replicate the edge pixels) or ``"zeros"``.
+        padding_mode: ``"border"`` (replicate the edge pixels), ``"zeros"`` or ``"reflection"`` (mirror the
+            image about its edges: real content, no streaks).
         chunk: number of warps computed at a time (bounds the temporary sampling grid).
         dtype: output dtype; ``None`` keeps a float input's dtype and gives float32 for uint8.
 
@@ -212,12 +279,7 @@ def warp_images(
     check_shape(dst_from_src, ["B", "2", "3"], name="dst_from_src", dims=dims)
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise TypeError(f"Expected images as uint8 or float, got {images.dtype}")
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"Expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
-    if chunk <= 0:
-        raise ValueError(f"Expected chunk > 0, got {chunk}")
-    height_width = _validate_size(size)
-    _validate_affine(dst_from_src)
+    height_width = _check_warp_args(dst_from_src, size, padding_mode, chunk)
     return _warp_gathered(
         images, None, dst_from_src, height_width, padding_mode, chunk, _out_dtype(images, dtype)
     )
@@ -241,7 +303,7 @@ def warp_gather(
         dst_from_src: ``(..., 2, 3)`` float maps from pool-image pixels to destination pixels, with the
             same leading shape as ``index``.
         size: destination ``(H, W)``.
-        padding_mode: ``"border"`` or ``"zeros"``, as in :func:`warp_images`.
+        padding_mode: ``"border"``, ``"zeros"`` or ``"reflection"``, as in :func:`warp_images`.
         chunk: number of warps at a time; the flattened batch is processed in chunks of this size so that
             only ``chunk`` source images are ever gathered (and converted to float) at once.
         dtype: output dtype; ``None`` keeps a float pool's dtype and gives float32 for uint8.
@@ -272,12 +334,7 @@ def warp_gather(
                     f"Expected index values in [0, {pool_images.shape[0]}), got "
                     f"min {int(index.min())}, max {int(index.max())}"
                 )
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"Expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
-    if chunk <= 0:
-        raise ValueError(f"Expected chunk > 0, got {chunk}")
-    height_width = _validate_size(size)
-    _validate_affine(dst_from_src)
+    height_width = _check_warp_args(dst_from_src, size, padding_mode, chunk)
     lead = tuple(index.shape)
     flat = _warp_gathered(
         pool_images,
@@ -317,8 +374,14 @@ def warp_images_reference(
         tx = -(inv[0][0] * m[0][2] + inv[0][1] * m[1][2])
         ty = -(inv[1][0] * m[0][2] + inv[1][1] * m[1][2])
 
+        def mirror(k: int, n: int) -> int:  # dcba|abcd: pixel -1 is pixel 0, pixel n is pixel n - 1
+            k = k % (2 * n)
+            return 2 * n - 1 - k if k >= n else k
+
         def read(c: int, yy: int, xx: int) -> float:
-            if padding_mode == "border":
+            if padding_mode == "reflection":
+                yy, xx = mirror(yy, src_h), mirror(xx, src_w)
+            elif padding_mode == "border":
                 yy, xx = min(max(yy, 0), src_h - 1), min(max(xx, 0), src_w - 1)
             elif not (0 <= yy < src_h and 0 <= xx < src_w):
                 return 0.0
@@ -346,16 +409,25 @@ def warp_images_reference(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _reflect(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``grid_sample``'s reflection (align_corners=False): ``x`` mirrored into ``[-0.5, size - 0.5]``."""
+    y = torch.remainder((x + 0.5).abs(), 2 * size)
+    return torch.where(y > size, 2 * size - y, y) - 0.5
+
+
 def _bilinear_taps(
     pool_images: torch.Tensor, image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, padding_mode: str
 ) -> torch.Tensor:
     """Bilinear samples ``(K, C)`` of ``pool_images[image[k]]`` at source pixel coords ``(x[k], y[k])``.
 
     The same arithmetic as ``grid_sample(align_corners=False)`` on the unnormalised coordinate: "border"
-    clamps the coordinate into ``[0, size - 1]`` first; "zeros" drops taps outside the image.
+    clamps the coordinate into ``[0, size - 1]`` first; "reflection" reflects it about ``-0.5`` and
+    ``size - 0.5`` (period ``2·size``) and then clamps it; "zeros" drops taps outside the image.
     """
     n, channels, src_h, src_w = pool_images.shape
-    if padding_mode == "border":
+    if padding_mode == "reflection":
+        x, y = _reflect(x, src_w), _reflect(y, src_h)
+    if padding_mode in ("border", "reflection"):
         x = x.clamp(0, src_w - 1)
         y = y.clamp(0, src_h - 1)
     x0f, y0f = torch.floor(x), torch.floor(y)
@@ -401,7 +473,7 @@ def warp_blend_sparse(
         dst_from_src: ``(B, J, 2, 3)`` float maps from pool-image pixels to destination pixels.
         weights: ``(B, J, H, W)`` float weights (e.g. :func:`gpumosaic.blend.window_weights`, or a one-hot
             index map for the copy-paste mosaic).
-        padding_mode: ``"border"`` or ``"zeros"``, as in :func:`warp_images`.
+        padding_mode: ``"border"``, ``"zeros"`` or ``"reflection"``, as in :func:`warp_images`.
         index_map: optional ``(B, H, W)`` int64 index map whose pixel ``(v, u)`` has a non-zero weight for
             ``j = index_map[b, v, u]`` (true of window weights, whose window holds the pixel itself): the
             copy-paste mosaic (Eq. 6) is then returned too, from the same samples.
@@ -419,7 +491,7 @@ def warp_blend_sparse(
     if pool_images.is_floating_point():  # as dense warps + blend: the promoted dtype of images and weights
         weights = weights.to(torch.promote_types(weights.dtype, pool_images.dtype))
     b, j, v, u = (weights != 0).nonzero().unbind(1)
-    src_from_dst = _invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
+    src_from_dst = invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
     uf, vf = u.to(weights.dtype), v.to(weights.dtype)
     x = src_from_dst[:, 0, 0] * uf + src_from_dst[:, 0, 1] * vf + src_from_dst[:, 0, 2]
     y = src_from_dst[:, 1, 0] * uf + src_from_dst[:, 1, 1] * vf + src_from_dst[:, 1, 2]

@@ -14,17 +14,8 @@ import torch
 
 from gpumosaic.skeleton import LSP14
 from gpumosaic.sources.base import Mocap3D, Pool2D
-from gpumosaic.sources.build import (
-    Annotations2D,
-    LoadReport,
-    build_pool,
-    crop_people,
-    crop_people_reference,
-    load_mocap,
-    load_pool,
-    parse_source,
-    pool_memory_bytes,
-)
+from gpumosaic.pools import build_pool, crop_people, crop_people_reference, load_pool, pool_memory_bytes
+from gpumosaic.sources.build import Annotations2D, LoadReport, load_mocap, parse_source
 from gpumosaic.sources.subset import diversity_subset, diversity_subset_reference, subset_mocap
 
 

@@ -10,16 +10,16 @@ from gpumosaic._check import ShapeError
 from gpumosaic.camera import (
     Cameras,
     ViewBatch,
-    _ray_segment_closest_reference,
     look_at,
     oriented_pose,
     project,
     render_views,
     sample_views,
     self_occlusion,
-    self_occlusion_reference,
     torso_centre,
 )
+from gpumosaic.occlusion import ray_segment_closest_reference, self_occlusion_reference
+from gpumosaic.settings import ViewSettings
 from gpumosaic.skeleton import H36M17, LSP14
 
 J = {n: i for i, n in enumerate(LSP14.names)}
@@ -170,14 +170,14 @@ def test_sample_views_determinism_and_ranges():
 
     assert stats.kstest(az.flatten().numpy(), "uniform", args=(0, 360)).pvalue > 1e-3
     assert stats.kstest(el.flatten().numpy(), "uniform", args=(-45, 90)).pvalue > 1e-3
-    az, el = sample_views(3, 5, torch.Generator().manual_seed(0), azimuth_range=(10, 20),
-                          elevation_range=(0, 5), dtype=torch.float64)
+    az, el = sample_views(3, 5, torch.Generator().manual_seed(0),
+                          settings=ViewSettings(azimuth_range=(10, 20), elevation_range=(0, 5)), dtype=torch.float64)
     assert az.dtype == torch.float64 and az.min() >= 10 and az.max() < 20 and el.min() >= 0 and el.max() < 5
     assert sample_views(0, 180, torch.Generator())[0].shape == (0, 180)
     with pytest.raises(TypeError, match="generator"):
         sample_views(3, 5)
     with pytest.raises(ValueError, match="elevation_range"):
-        sample_views(3, 5, torch.Generator(), elevation_range=(-100, 0))
+        sample_views(3, 5, torch.Generator(), settings=ViewSettings(elevation_range=(-100, 0)))
     with pytest.raises(ValueError, match="views"):
         sample_views(3, -1, torch.Generator())
 
@@ -354,7 +354,7 @@ def test_ray_segment_reference_against_grid():
     s_grid = np.linspace(0, 1, 801)
     for _ in range(20):
         P, A, B = (tuple(rng.normal(size=3)) for _ in range(3))
-        dist, s = _ray_segment_closest_reference(P, A, B)
+        dist, s = ray_segment_closest_reference(P, A, B)
         X = s_grid[:, None, None] * np.array(P) - (np.array(A) + s_grid[None, :, None] * (np.subtract(B, A)))
         brute = np.sqrt((X ** 2).sum(-1)).min()
         assert dist <= brute + 1e-12 and dist >= brute - 5e-3
@@ -396,11 +396,11 @@ def test_self_occlusion_batched_empty_and_no_mutation(device):
         assert torch.equal(self_occlusion(cam[i], LSP14), full[i])
     assert self_occlusion(cam.reshape(2, 3, 14, 3), LSP14).shape == (2, 3, 14)
     # chunked path (a fixed number of view chunks) equals the one-chunk path
-    import gpumosaic.camera as camera_module
+    import gpumosaic.occlusion as occlusion_module
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(camera_module, "_CHUNK", {})
-        mp.setattr(camera_module, "_CHUNK_DEFAULT", 4)
+        mp.setattr(occlusion_module, "_CHUNK", {})
+        mp.setattr(occlusion_module, "_CHUNK_DEFAULT", 4)
         assert torch.equal(self_occlusion(cam.reshape(2, 3, 14, 3), LSP14), full.reshape(2, 3, 14))
     assert self_occlusion(cam[:0], LSP14).shape == (0, 14)
     with pytest.raises(ValueError, match="finite"):

@@ -1,6 +1,8 @@
 """The gpumosaic command: generate and preview on the embedded demo data."""
 
 import json
+import os
+import sys
 
 import cv2
 import numpy as np
@@ -70,3 +72,101 @@ def test_preview_writes_figure(tmp_path):
     img = cv2.imread(str(path))
     assert img is not None and img.shape[0] > 500 and img.shape[1] > 800
     assert img.std() > 10  # a drawn figure, not a blank canvas
+
+
+# -- issue 12: clear messages, help, reruns ------------------------------------------------------------------
+
+
+def test_generate_rerun_smaller_n_leaves_no_stale_images(tmp_path, capsys):
+    args = ["generate", "--out", str(tmp_path), "--device", "cpu", *DEMO, "--quiet", "--batch-size", "4"]
+    assert main([*args, "--n", "4"]) == 0
+    with pytest.raises(SystemExit, match=r"holds an earlier generate output \(4 images and annotations.jsonl\); "
+                                         r"pass --overwrite"):
+        main([*args, "--n", "2"])
+    assert len(list((tmp_path / "images").iterdir())) == 4  # untouched
+    (tmp_path / "images" / "notes.txt").write_text("mine")  # not generate's: kept
+    assert main([*args, "--num-samples", "2", "--overwrite"]) == 0
+    images = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert images == ["0000000.png", "0000001.png", "notes.txt"]
+    assert [r["image"] for r in _records(tmp_path)] == ["images/0000000.png", "images/0000001.png"]
+
+
+def test_cli_clear_errors_without_tracebacks(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    common = ["--n", "1", "--device", "cpu", *DEMO, "--quiet"]
+    with pytest.raises(SystemExit, match=r"error: --out .*file.txt is a file; expected a folder"):
+        main(["generate", "--out", str(a_file), *common])
+    with pytest.raises(SystemExit, match=r"error: --out .*file.txt/sub: cannot create the folder"):
+        main(["generate", "--out", str(a_file / "sub"), *common])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root ignores permissions
+            with pytest.raises(SystemExit, match=r"error: --out .*locked is not writable"):
+                main(["generate", "--out", str(locked), *common])
+            with pytest.raises(SystemExit, match=r"error: --out .*locked/x: cannot create the folder"):
+                main(["export", "--out", str(locked / "x"), *common])
+    finally:
+        locked.chmod(0o700)
+    for bad in ("tpu", "cuda:banana", "meta"):
+        with pytest.raises(SystemExit, match=rf"error: --device: (unknown|unsupported) device '{bad}'"):
+            main(["generate", "--out", str(tmp_path / "g"), "--n", "1", "--device", bad, *DEMO])
+
+
+def test_preview_prints_the_path_it_wrote(tmp_path, capsys):
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    assert main(["preview", "--out", str(folder), "--device", "cpu", *DEMO]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == f"wrote {folder / 'preview.png'}" and (folder / "preview.png").is_file()
+    assert "preview: loading the pool and mocap" in out.err  # feedback before the slow part
+    assert main(["preview", "--out", str(tmp_path / "fig"), "--device", "cpu", *DEMO]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'fig.png'}" and (tmp_path / "fig.png").is_file()
+
+
+def test_help_version_and_defaults(capsys):
+    from gpumosaic import __version__
+    from gpumosaic.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"gpumosaic {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text and ":mod:" not in text and "gpumosaic generate" in text
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    commands = {name: subs[name] for name in ("generate", "preview", "export", "evaluate", "predict")}
+    commands["data prepare"] = next(a for a in subs["data"]._actions if a.dest == "data_command").choices["prepare"]
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+        help_text = sub.format_help()
+        assert "``" not in help_text
+    gen_help = " ".join(commands["generate"].format_help().split())
+    assert "(default: 16)" in gen_help and "(default: png)" in gen_help and "--num-samples" in gen_help
+    assert "(default: 0)" in " ".join(commands["preview"].format_help().split())
+
+
+def test_loader_warnings_are_one_line(tmp_path, capfd):
+    """A loader's DroppedEntriesWarning prints as one 'warning: ...' line (no source path, no code line)."""
+    import test_loaders as tl
+
+    xyz = np.random.default_rng(0).normal(size=(4, len(tl.TRC_MARKERS), 3)) * 300
+    tl._write_trc(tmp_path / "walk.trc", xyz, gaps=[(1, 1)])
+    import warnings
+
+    with warnings.catch_warnings():  # pytest records warnings; show them as Python's default hook does
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        assert main(["generate", "--n", "1", "--out", str(tmp_path / "g"), "--device", "cpu", "--quiet",
+                     "--pool", "demo", "--mocap", f"trc:{tmp_path / 'walk.trc'}"]) == 0
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "dropped" in line]
+    assert lines and all(line.startswith("warning: trc loader") for line in lines), err
+    assert "warnings.warn" not in err and "UserWarning" not in err and ".py:" not in err

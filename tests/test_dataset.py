@@ -2,6 +2,7 @@
 labels, real-batch alternation, against independent references (numpy geometry, brute force, OpenCV)."""
 
 import math
+import warnings
 
 import cv2
 import numpy as np
@@ -11,8 +12,11 @@ from scipy import stats
 from torch.utils.data import DataLoader
 
 from gpumosaic import MosaicEngine, Mocap3D, load_demo_mocap, load_demo_pool
-from gpumosaic.camera import render_views, self_occlusion_reference
-from gpumosaic.dataset import OnlineMosaicDataset, epoch_permutation, view_angles, view_angles_reference
+from gpumosaic.camera import render_views, view_angles, view_angles_reference
+from gpumosaic.dataset import EpochRepeatWarning, OnlineMosaicDataset
+from gpumosaic.occlusion import self_occlusion_reference
+from gpumosaic.settings import ViewSettings
+from gpumosaic.sharding import epoch_permutation
 
 M, V, B, SIZE = 3, 3, 2, 64  # 9 pairs: shards of 5 and 4 pairs, uneven on purpose
 KEYS = {
@@ -65,7 +69,7 @@ def engine(data):
 def _dataset(data, engine, **kw):
     pool, mocap, real = data
     kw.setdefault("batch_size", B)
-    kw.setdefault("views_per_pose", V)
+    kw.setdefault("views", ViewSettings(views_per_pose=V))
     return OnlineMosaicDataset(pool, mocap, engine=engine, **kw)
 
 
@@ -101,7 +105,7 @@ def test_view_angles_against_reference_and_uniform():
     # Another seed gives other angles; custom ranges are honoured.
     az2, _ = view_angles(m, v, seed=8, dtype=torch.float64)
     assert (az2 != az).float().mean() > 0.99
-    az3, el3 = view_angles(m, v, seed=7, azimuth_range=(10, 20), elevation_range=(0, 5))
+    az3, el3 = view_angles(m, v, seed=7, settings=ViewSettings(azimuth_range=(10, 20), elevation_range=(0, 5)))
     assert az3.min() >= 10 and az3.max() < 20 and el3.min() >= 0 and el3.max() < 5
 
 
@@ -261,7 +265,7 @@ def test_camera_of_a_pair_independent_of_drawer(data, engine, rank_streams):
 
 def test_dataloader_workers_disjoint_streams(data, engine, rank_streams):
     """Two CPU workers: disjoint streams covering the epoch; worker w's stream is rank w's of a 2-world."""
-    ds = _dataset(data, engine)
+    ds = _dataset(data, engine, num_workers=2)
     loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
     batches = list(loader)
     assert len(batches) == 5 == ds.num_batches(num_workers=2)
@@ -274,6 +278,45 @@ def test_dataloader_workers_disjoint_streams(data, engine, rank_streams):
             assert torch.equal(got["azimuth"], want["azimuth"]) and torch.equal(got["view_index"], want["view_index"])
             torch.testing.assert_close(got["pose3d"], want["pose3d"])
             torch.testing.assert_close(got["image"], want["image"], atol=1e-4, rtol=0)
+
+
+def test_persistent_workers_follow_set_epoch(data, engine):
+    """persistent_workers=True: each epoch's stream is the one set_epoch chose (the workers read the shared
+    epoch), not a replay of epoch 0; len(loader) is the number of batches."""
+    ds = _dataset(data, engine, num_workers=2)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context="fork")
+    assert len(loader) == len(ds) == 5
+    got = []
+    for epoch in (0, 1, 5):
+        ds.set_epoch(epoch)
+        got.append([b["pair_index"].tolist() for b in loader])
+    for epoch, batches in zip((0, 1, 5), got):
+        ds.set_epoch(epoch)  # the expected streams, computed in this process: worker w's batches interleaved
+        streams = [[b.tolist() for b in ds.pair_batches(ds.shard(w, 2))] for w in range(2)]
+        expected = [x for pair in zip(streams[0], streams[1]) for x in pair] + streams[0][len(streams[1]):]
+        assert batches == expected
+        ref = epoch_permutation(M * V, 0, epoch).tolist()  # worker w holds perm[w::2]
+        assert sorted(p for b in batches for p in b) == sorted(ref)
+    assert got[0] != got[1] and got[1] != got[2]
+
+
+def test_epoch_repeat_warns_and_loader_batching_refused(data, engine):
+    ds = _dataset(data, engine, batches_per_epoch=1)
+    first = list(ds)
+    with pytest.warns(EpochRepeatWarning, match=r"epoch 0 is iterated again.*call set_epoch"):
+        again = list(ds)
+    assert torch.equal(first[0]["pair_index"], again[0]["pair_index"])
+    ds.set_epoch(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EpochRepeatWarning)
+        list(ds)
+    ds.set_epoch(2)
+    with pytest.raises(TypeError, match=r"create the DataLoader with batch_size=None .* default batch_size=1"):
+        next(iter(DataLoader(ds)))  # the default batch_size=1 would give (1, B, ...) tensors
+    with pytest.warns(RuntimeWarning, match=r"built with num_workers=3 but is loaded with 0: len\(\) assumed"):
+        list(_dataset(data, engine, batches_per_epoch=1, num_workers=3))
+    with pytest.raises(ValueError, match="Expected num_workers to be a non-negative integer"):
+        _dataset(data, engine, num_workers=-1)
 
 
 def test_ranks_times_workers_and_batch_counts(data, engine):
@@ -343,7 +386,7 @@ def test_exceptions(data, engine):
     with pytest.raises(TypeError, match="encode"):
         OnlineMosaicDataset(pool, mocap, 4, engine=engine, classes=object())
     with pytest.raises(ValueError, match="distance"):
-        OnlineMosaicDataset(pool, mocap, 4, engine=engine, distance=0.5)
+        OnlineMosaicDataset(pool, mocap, 4, engine=engine, views=ViewSettings(distance=0.5))
     with pytest.raises(ValueError, match="rank"):
         OnlineMosaicDataset(pool, mocap, 4, engine=engine, rank=1)
     with pytest.raises(ValueError, match="rank"):
@@ -353,7 +396,7 @@ def test_exceptions(data, engine):
     with pytest.raises(TypeError, match="mocap"):
         OnlineMosaicDataset(pool, mocap.poses, 4, engine=engine)
     with pytest.raises(ValueError, match="elevation_range"):
-        OnlineMosaicDataset(pool, mocap, 4, engine=engine, elevation_range=(-100, 0))
+        OnlineMosaicDataset(pool, mocap, 4, engine=engine, views=ViewSettings(elevation_range=(-100, 0)))
     with pytest.raises(TypeError, match="pool"):
         OnlineMosaicDataset(None, mocap, 4)
     assert OnlineMosaicDataset(None, mocap, 4, engine=engine).engine is engine

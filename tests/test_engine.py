@@ -48,10 +48,11 @@ def test_smoke_shapes(device):
     torch.testing.assert_close(res.weights.sum(1), torch.ones(3, 40, 40, device=device))
 
 
-def test_one_image_pool_equals_warped_image():
+@pytest.mark.parametrize("padding_mode, border", [("border", cv2.BORDER_REPLICATE), ("reflection", cv2.BORDER_REFLECT)])
+def test_one_image_pool_equals_warped_image(padding_mode, border):
     """A one-image pool queried with its own pose (moved by a similarity) gives that image, warped."""
     pool = _random_pool(n=1, h=70, w=54, seed=3, dtype=torch.float32)
-    eng = MosaicEngine(pool, size=64, mirror=False)
+    eng = MosaicEngine(pool, size=64, mirror=False, padding_mode=padding_mode)
     # A quarter turn keeps the longer bounding-box side, so fit_to_box gives the query the pool pose's
     # scale and every joint's rigid map T (no scale, Eq. 2) is the same quarter turn.
     a = np.pi / 2
@@ -61,7 +62,7 @@ def test_one_image_pool_equals_warped_image():
     assert (res.matches == 0).all()
     m = _similarity(pool.joints[0].numpy(), res.query[0].numpy())
     src = pool.images[0].permute(1, 2, 0).numpy()
-    ref = cv2.warpAffine(src, m, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ref = cv2.warpAffine(src, m, (64, 64), flags=cv2.INTER_LINEAR, borderMode=border)
     ref = torch.from_numpy(ref).permute(2, 0, 1)
     torch.testing.assert_close(res.mosaic_unblended[0], ref, atol=2e-3, rtol=0)
     torch.testing.assert_close(res.images[0], ref, atol=2e-3, rtol=0)
@@ -153,7 +154,7 @@ def test_bad_input():
         eng(torch.ones(1, 14, 2, dtype=torch.long))
     with pytest.raises(TypeError, match="bool"):
         eng(torch.rand(1, 14, 2), torch.zeros(1, 14))
-    with pytest.raises(ValueError, match="3 channels"):
+    with pytest.raises(ValueError, match=r"got \(2, 1, 8, 8\) \(grayscale"):
         Pool2D(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, 14, 2))
     with pytest.raises(ValueError, match="empty"):
         Pool2D(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 14, 2))
@@ -161,6 +162,45 @@ def test_bad_input():
         Pool2D(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 16, 2))
     with pytest.raises(ValueError, match="NaN"):
         Pool2D(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.full((1, 14, 2), float("nan")))
+
+
+def test_bad_input_edge_cases():
+    """Issue 12: huge finite queries, empty batches, float pool ranges, NaN pixels, ids, RGBA/HWC, far joints."""
+    pool = _random_pool(n=3, seed=10)
+    eng = MosaicEngine(pool, size=32)
+    q = torch.rand(1, 14, 2, generator=torch.Generator().manual_seed(0))
+    huge = q.clone()
+    huge[0, 0, 0], huge[0, 1, 0] = -3e38, 3e38
+    with pytest.raises(ValueError, match=r"extent .* fits in torch.float32"):
+        eng(huge)  # finite in float32, but max - min overflows
+    huge[0, :, 0] = 2e38
+    with pytest.raises(ValueError, match=r"extent .* fits in torch.float32"):
+        eng(huge)  # max + min overflows
+    with pytest.raises(ValueError, match=r"within the range of torch.float32 .* max \|x\| = 9.53e\+38"):
+        eng(q.double() * 1e39)  # finite in float64, inf once cast
+    out = eng(q.double() * 1e30)  # huge but representable: a normal mosaic
+    assert torch.isfinite(out.images).all()
+    with pytest.raises(ValueError, match=r"at least one query pose \(B >= 1\), got an empty batch"):
+        eng(torch.zeros(0, 14, 2))
+    joints = pool.joints
+    images = pool.images.float() / 255
+    assert len(Pool2D(images, joints)) == 3  # float in [0, 1] accepted
+    with pytest.raises(ValueError, match=r"float pool images in \[0, 1\].*divide by 255"):
+        Pool2D(images * 255, joints)
+    nan = images.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite pixels"):
+        Pool2D(nan, joints)
+    with pytest.raises(ValueError, match=r"pool ids as an integer tensor of shape \(3,\).*got \(2,\)"):
+        Pool2D(pool.images, joints, ids=torch.arange(2))
+    with pytest.raises(ValueError, match=r"RGBA: drop the alpha channel"):
+        Pool2D(torch.zeros(3, 4, 64, 48, dtype=torch.uint8), joints)
+    with pytest.raises(ValueError, match=r"channels-last \(N, H, W, C\) images: use images.permute\(0, 3, 1, 2\)"):
+        Pool2D(pool.images.permute(0, 2, 3, 1), joints)
+    far = joints.clone()
+    far[1, 4] = torch.tensor([48 * 2.0, 10.0])  # 49 px right of a 48-px-wide image
+    with pytest.warns(UserWarning, match=r"1 of 3 pool entries have joints more than 25% .* \(rows \[1\]\)"):
+        Pool2D(pool.images, far)
 
 
 def test_deterministic():
@@ -212,13 +252,13 @@ def test_cuda_hot_path_makes_no_host_sync():
     eng = MosaicEngine(pool, size=40, device="cuda")
     q = (torch.rand(3, 14, 2) * 90).cuda()
     occ = torch.zeros(3, 14, dtype=torch.bool, device="cuda")
-    eng._synthesise(q, ~occ)  # warm-up (lazy CUDA initialisation may sync)
+    eng.synthesise(q, ~occ)  # warm-up (lazy CUDA initialisation may sync)
     torch.cuda.set_sync_debug_mode("error")
     try:
         from gpumosaic._check import unchecked
 
         with unchecked():
-            eng._synthesise(q, ~occ)
+            eng.synthesise(q, ~occ)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

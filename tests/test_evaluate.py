@@ -169,3 +169,28 @@ def test_per_joint_table():
     t13 = ev.per_joint_table(errors[:, list(sel)], LSP14, sel)
     assert "neck" not in t13 and t13["head_top"] == 20.0
     assert ev.H36M_PROTOCOLS["p1"].frame_step == 64 and ev.H36M_PROTOCOLS["p2"].test_subjects == ("S9", "S11")
+
+
+def test_device_follows_input(device):
+    """Every core function runs on the input's device and agrees with the CPU / loop references."""
+    g = torch.Generator().manual_seed(5)
+    gt = torch.randn(12, 14, 3, generator=g, dtype=torch.float64)
+    pred = gt + 0.05 * torch.randn(12, 14, 3, generator=g, dtype=torch.float64)
+    cls = torch.randn(6, 14, 3, generator=g, dtype=torch.float64)
+    sel = ev.paper_joints(LSP14)
+    for aligned in (False, True):
+        out = ev.errors_3d(pred.to(device), gt.to(device), sel, aligned=aligned)
+        assert out.device.type == device.type
+        torch.testing.assert_close(out.cpu(), ev.errors_3d(pred, gt, sel, aligned=aligned))
+    lb = ev.class_lower_bound(gt.to(device), cls.to(device), sel)
+    ref = ev._class_lower_bound_reference(gt, cls, sel)
+    torch.testing.assert_close(lb.error.cpu(), ref.error)
+    assert lb.index.device.type == device.type and lb.index.cpu().tolist() == ref.index.tolist()
+    v = torch.rand(20, generator=g, dtype=torch.float64).to(device)
+    gen = lambda: torch.Generator(device=device).manual_seed(3)  # noqa: E731
+    fast = ev.bootstrap_ci(v, n_boot=100, generator=gen())
+    slow = ev._bootstrap_ci_reference(v, n_boot=100, generator=gen())
+    assert fast.low == pytest.approx(slow.low) and fast.high == pytest.approx(slow.high)
+    errors = ev.joint_errors(pred[..., :2].to(device), gt[..., :2].to(device))
+    ok = ev.pck(errors, ev.torso_diameter(gt[..., :2].to(device), LSP14), 0.2)
+    assert ok.device.type == device.type

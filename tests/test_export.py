@@ -1,11 +1,13 @@
 """Offline export to tar shards: records, determinism, resuming after a crash, ranks and torchrun."""
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,12 @@ import torch
 
 from gpumosaic import MosaicEngine, load_demo_mocap, load_demo_pool
 from gpumosaic.cli import main
-from gpumosaic.dataset import OnlineMosaicDataset, epoch_permutation
+from gpumosaic.dataset import OnlineMosaicDataset
+from gpumosaic.settings import ViewSettings
+from gpumosaic.sharding import epoch_permutation
 from gpumosaic.export import ExportReport, export_shards, read_shards, sample_key, shard_name
 from gpumosaic.geometry import fit_to_box
+from gpumosaic.shardfile import ExportLockedError, index_name
 from gpumosaic.sources import Mocap3D
 
 SIZE = 64  # small images for speed (the paper's 220 is the default)
@@ -64,9 +69,11 @@ def test_report_and_layout(reference):
     assert (report.n, report.shard_size, report.num_shards) == (N, SHARD, 3)
     assert report.written == (0, 1, 2) and report.skipped == () and report.removed == ()
     assert report.samples_written == N
-    assert sorted(p.name for p in out.iterdir()) == ["export.json"] + [shard_name(s) for s in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "export.lock"] + sorted(
+        [shard_name(s) for s in range(3)] + [index_name(s) for s in range(3)])
     with tarfile.open(out / shard_name(2)) as tar:
-        assert tar.getnames() == ["000000006.png", "000000006.json", "000000007.png", "000000007.json"]
+        assert tar.getnames() == [f"00000000{i}.{e}" for i in (6, 7)
+                                  for e in ("png", "json", "pose2d.npy", "pose3d.npy", "occluded.npy")]
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
     assert sample_key(7, N) == "000000007" and sample_key(12, 10**10) == "0000000012"
 
@@ -123,7 +130,7 @@ def test_samples_follow_the_dataset_stream(reference, engine, data):
 def test_pair_order_wraps_over_epochs(tmp_path, engine, data):
     """With M·V = 4 pairs, keys 0..9 run through epoch permutations 0, 1, 2 (plain-loop reference)."""
     small = Mocap3D(data[1].poses[:2], data[1].skeleton, data[1].ids[:2])
-    _export(tmp_path, engine, small, n=10, shard_size=4, views_per_pose=2, seed=3)
+    _export(tmp_path, engine, small, n=10, shard_size=4, views=ViewSettings(views_per_pose=2), seed=3)
     got = [rec["pair_index"] for _, _, rec in read_shards(tmp_path, decode=False)]
     expected = [int(epoch_permutation(4, 3, i // 4)[i % 4]) for i in range(10)]
     assert got == expected
@@ -219,7 +226,7 @@ def test_ranks_split_shards(reference, tmp_path, engine, data):
     """Explicit rank/world_size: shard s is written by rank s % 2; the union is the single-process export."""
     out, _ = reference
     r1 = _export(tmp_path, engine, data[1], rank=1, world_size=2)
-    assert r1.written == (1,) and sorted(p.name for p in tmp_path.glob("shard-*")) == [shard_name(1)]
+    assert r1.written == (1,) and sorted(p.name for p in tmp_path.glob("shard-*.tar")) == [shard_name(1)]
     r0 = _export(tmp_path, engine, data[1], rank=0, world_size=2)
     assert r0.written == (0, 2)
     assert _shard_bytes(tmp_path) == _shard_bytes(out)
@@ -273,8 +280,192 @@ def test_torchrun_two_processes(reference, tmp_path):
     samples = list(read_shards(dest))
     keys = [k for k, _, _ in samples]
     assert keys == [sample_key(i, N) for i in range(N)] and len(set(keys)) == N
-    assert sorted(p.name for p in dest.iterdir()) == ["export.json"] + [shard_name(s) for s in range(3)]
+    assert sorted(p.name for p in dest.glob("shard-*.tar")) == [shard_name(s) for s in range(3)]
+    assert not list(dest.glob("*.tmp"))
     ref = {k: (im, r) for k, im, r in read_shards(out)}
     for key, image, rec in samples:  # same samples as the single-process export (up to float last bits)
         assert rec["pair_index"] == ref[key][1]["pair_index"]
         torch.testing.assert_close(image, ref[key][0], atol=1 / 255 + 1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hardening (issue 12): checksums, concurrent writers, fault injection, labels for WebDataset pipelines
+# --------------------------------------------------------------------------------------------------------
+
+# A child export with the reference's settings; prints "ready" once set up and "sample i" as it writes, and,
+# with a third argument, waits forever after its first sample (to hold its locks while the test looks).
+CHILD = f"""
+import sys, time
+from gpumosaic import MosaicEngine, load_demo_mocap, load_demo_pool
+from gpumosaic.export import export_shards
+engine = MosaicEngine(load_demo_pool(), size={SIZE})
+mocap = load_demo_mocap()
+hold = len(sys.argv) > 2
+def on_sample(i):
+    print("sample", i, flush=True)
+    while hold:
+        time.sleep(1)
+print("ready", flush=True)
+export_shards(sys.argv[1], {N}, {SHARD}, engine, mocap, {SEED}, batch_size={BATCH}, progress=False,
+              on_sample=on_sample)
+print("done", flush=True)
+"""
+
+
+def _child(out, *extra):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), *extra], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _flip_bit(path, member_name, byte=100, bit=3):
+    with tarfile.open(path) as tar:
+        member = tar.getmember(member_name)
+    data = bytearray(path.read_bytes())
+    data[member.offset_data + byte] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flip_in_complete_shard_is_detected_and_rewritten(reference, tmp_path, engine, data):
+    out, _ = reference
+    work = tmp_path / "work"
+    shutil.copytree(out, work)
+    _flip_bit(work / shard_name(1), "000000004.png")  # structurally still a complete tar
+    with pytest.raises(ValueError, match=r"shard-000001.tar: member '000000004.png' differs from the sha256"):
+        list(read_shards(work, decode=False))
+    report = _export(work, engine, data[1])
+    assert report.skipped == (0, 2) and report.written == (1,) and report.removed == (shard_name(1),)
+    assert _shard_bytes(work) == _shard_bytes(out)
+    assert (work / index_name(1)).read_bytes() == (out / index_name(1)).read_bytes()
+    assert _keys(work) == [sample_key(i, N) for i in range(N)]
+    # An index that does not match its tar (e.g. from another export) also makes the shard be rewritten.
+    (work / index_name(2)).write_text((work / index_name(2)).read_text().replace('"shard":2', '"shard":7'))
+    assert _export(work, engine, data[1]).written == (2,)
+    assert _shard_bytes(work) == _shard_bytes(out)
+
+
+def test_concurrent_writer_is_refused(reference, tmp_path, engine, data):
+    """A second export into a folder another process is writing: refused with a clear message, nothing mixed."""
+    out, _ = reference
+    holder = _child(tmp_path, "hold")
+    try:
+        line = holder.stdout.readline()
+        while line and not line.startswith("sample"):
+            line = holder.stdout.readline()
+        assert line.startswith("sample 0"), holder.stderr.read()[-2000:]
+        with pytest.raises(ExportLockedError, match=r"Another gpumosaic export is writing shard-000000.tar in "):
+            _export(tmp_path, engine, data[1])
+        with pytest.raises(ValueError, match=r"export.json differs in \['seed'\]"):
+            _export(tmp_path, engine, data[1], seed=SEED + 1)
+        with pytest.raises(SystemExit, match=r"error: Another gpumosaic export is writing shard-000000.tar"):
+            main(["export", "--n", str(N), "--out", str(tmp_path), *CLI_ARGS])
+        # Other ranks' shards are free: a rank that owns none of the held shards would proceed (none here).
+    finally:
+        holder.kill()
+        holder.communicate()
+    report = _export(tmp_path, engine, data[1])  # the dead holder's locks are gone
+    assert report.written == (0, 1, 2) and report.removed == (shard_name(0) + ".tmp",)
+    assert _shard_bytes(tmp_path) == _shard_bytes(out)
+    assert json.loads((tmp_path / "export.json").read_text())["seed"] == SEED
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fault_injection_kill_at_random_points(reference, tmp_path, seed):
+    """SIGKILL exports at random times (before, between and inside shards, during renames and fsyncs), then
+    rerun until one finishes: the result is the uninterrupted export, byte for byte, with nothing lost,
+    duplicated or altered, and no temporary file left."""
+    out, ref_report = reference
+    rng = np.random.default_rng(seed)
+    per_sample = ref_report.seconds / N
+    kills, attempts = 0, 3 if seed == 0 else 2  # seed 0 also kills a resumed run
+    for attempt in range(attempts):
+        child = _child(tmp_path)
+        assert child.stdout.readline().startswith("ready"), child.stderr.read()[-2000:]
+        seen = ""
+        if attempt < attempts - 1:  # the last attempt runs to the end
+            # After sample `after` was added to its shard (-1: before any), plus a random fraction of a sample's
+            # time: the kill lands while encoding, writing a member, fsyncing or renaming. The first attempt
+            # never picks the last sample, so at least one kill lands before the export completes.
+            after = int(rng.integers(-1, N - 1 if attempt == 0 else N))
+            line = "ready"
+            while after >= 0 and line and not (line.startswith("sample") and int(line.split()[1]) >= after):
+                line = child.stdout.readline()
+                seen += line
+            time.sleep(rng.uniform(0, 1.5 * per_sample))
+            if child.poll() is None:
+                child.kill()
+                kills += 1
+        stdout, stderr = child.communicate(timeout=300)
+        if child.returncode == 0:
+            assert "done" in seen + stdout
+            break
+        assert child.returncode == -9, stderr[-2000:]
+    assert child.returncode == 0 and kills >= 1
+    keys = _keys(tmp_path)
+    assert keys == [sample_key(i, N) for i in range(N)]
+    assert _shard_bytes(tmp_path) == _shard_bytes(out)
+    for s in range(3):
+        assert (tmp_path / index_name(s)).read_bytes() == (out / index_name(s)).read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_labels_cls_and_npy_members(reference, tmp_path, engine, data):
+    """``.cls`` = the nearest class centre of the record's pose3d (numpy argmin); ``.npy`` = the JSON fields."""
+    from gpumosaic.classes import PoseClasses
+
+    out, _ = reference
+    ref = [r for _, _, r in read_shards(out, decode=False)]
+    poses = torch.tensor([r["pose3d"] for r in ref])
+    classes = PoseClasses.fit(poses, k=3, generator=torch.Generator().manual_seed(0), progress=False)
+    _export(tmp_path, engine, data[1], classes=classes)
+    centres = classes.centres.reshape(3, -1).double().numpy()
+    with tarfile.open(tmp_path / shard_name(0)) as tar:
+        assert tar.getnames()[:6] == ["000000000.png", "000000000.json", "000000000.cls", "000000000.pose2d.npy",
+                                      "000000000.pose3d.npy", "000000000.occluded.npy"]
+    for s in range(3):
+        with tarfile.open(tmp_path / shard_name(s)) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in [m for m in members if m.endswith(".json")]:
+            key = name[:-5]
+            rec = json.loads(members[name])
+            flat = np.asarray(rec["pose3d"], np.float64).reshape(-1)
+            nearest = int(np.argmin(((centres - flat) ** 2).sum(1)))
+            assert int(members[f"{key}.cls"].decode()) == rec["class"] == nearest
+            arrays = {e: np.load(io.BytesIO(members[f"{key}.{e}.npy"]), allow_pickle=False)
+                      for e in ("pose2d", "pose3d", "occluded")}
+            assert arrays["pose2d"].dtype == np.float32 and arrays["pose2d"].shape == (14, 2)
+            np.testing.assert_array_equal(arrays["pose2d"], np.float32(rec["pose2d"]))
+            np.testing.assert_array_equal(arrays["pose3d"], np.float32(rec["pose3d"]))
+            np.testing.assert_array_equal(arrays["occluded"], np.array(rec["occluded"], bool))
+    with pytest.raises(ValueError, match=r"export.json differs in \['classes'\]"):
+        _export(tmp_path, engine, data[1])  # the same folder without classes: another export
+    classes.save(tmp_path / "classes.npz")  # the CLI's --classes gives the same shards
+    assert main(["export", "--n", str(N), "--out", str(tmp_path / "cli"), *CLI_ARGS,
+                 "--classes", str(tmp_path / "classes.npz")]) == 0
+    assert _shard_bytes(tmp_path / "cli") == _shard_bytes(tmp_path)
+
+
+def test_webdataset_reads_the_documented_pipeline(reference, tmp_path, engine, data):
+    """The module docstring's webdataset example, run as written (skipped without webdataset)."""
+    wds = pytest.importorskip("webdataset")
+    from gpumosaic.classes import PoseClasses
+
+    out, _ = reference
+    poses = torch.tensor([r["pose3d"] for _, _, r in read_shards(out, decode=False)])
+    classes = PoseClasses.fit(poses, k=2, generator=torch.Generator().manual_seed(0), progress=False)
+    _export(tmp_path, engine, data[1], classes=classes)
+    ref = list(read_shards(tmp_path))
+    ds = (wds.WebDataset(str(tmp_path / "shard-{000000..000002}.tar"), shardshuffle=False)
+          .decode("torchrgb")
+          .to_tuple("png", "pose2d.npy", "pose3d.npy", "cls"))
+    loader = wds.WebLoader(ds.batched(4), batch_size=None, num_workers=0)
+    batches = list(loader)
+    assert [tuple(b[0].shape) for b in batches] == [(4, 3, SIZE, SIZE)] * 2  # stacked batches
+    image = torch.cat([torch.as_tensor(b[0]) for b in batches])
+    pose2d = torch.cat([torch.as_tensor(b[1]) for b in batches])
+    label = [int(c) for b in batches for c in b[3]]
+    assert image.shape == (N, 3, SIZE, SIZE) and image.dtype == torch.float32
+    torch.testing.assert_close(image, torch.stack([im for _, im, _ in ref]), atol=0, rtol=0)
+    torch.testing.assert_close(pose2d, torch.tensor([r["pose2d"] for _, _, r in ref]))
+    assert label == [r["class"] for _, _, r in ref]

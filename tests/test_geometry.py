@@ -66,3 +66,28 @@ def test_align_rotation_and_canonical():
     assert (c[:, 3, 0] > 0).all()
     # Distances are preserved.
     torch.testing.assert_close(torch.cdist(c, c), torch.cdist(pts, pts))
+
+
+def test_rigid_alignment_reference(device, dtype, tol):
+    """Eq. 2 against its atan2 loop twin: T maps q_j onto p_j and turns q_i - q_j onto p_i - p_j."""
+    from gpumosaic.geometry import rigid_alignment, rigid_alignment_reference
+
+    g = torch.Generator().manual_seed(3)
+    b, j = 3, 5
+    query = (torch.rand(b, j, 2, generator=g, dtype=torch.float64) * 200).to(device, dtype)
+    matched = (torch.rand(b, j, j, 2, generator=g, dtype=torch.float64) * 200).to(device, dtype)
+    neighbour = torch.randint(0, j, (b, j), generator=g)
+    neighbour = torch.where(neighbour == torch.arange(j), (neighbour + 1) % j, neighbour).to(device)
+    version = (query._version, matched._version)
+    maps, aligned = rigid_alignment(query, matched, neighbour)
+    assert maps.shape == (b, j, 2, 3) and aligned.shape == (b, j, j, 2)
+    assert maps.dtype == dtype and aligned.device.type == device.type
+    assert (query._version, matched._version) == version
+    ref_maps, ref_aligned = rigid_alignment_reference(query, matched, neighbour)
+    torch.testing.assert_close(maps.cpu(), ref_maps, **tol)
+    torch.testing.assert_close(aligned.cpu(), ref_aligned, atol=tol["atol"] * 300, rtol=tol["rtol"])
+    # T(q_j) = p_j exactly where the construction says so.
+    jj = torch.arange(j)
+    torch.testing.assert_close(aligned[:, jj, jj].cpu(), query.cpu(), atol=tol["atol"] * 300, rtol=tol["rtol"])
+    with pytest.raises(ValueError, match="matched"):
+        rigid_alignment(query, matched[:, :, :-1], neighbour)

@@ -107,3 +107,24 @@ def test_predict_cli_json_overlay_and_errors(tmp_path, tiny_backbone, capsys):
     with pytest.raises(SystemExit, match="outside the image"):
         cli.main(["predict", str(tmp_path / "photo.jpg"), "--checkpoint", str(ckpt), "--box", "400", "0", "500", "100"])
     assert read_image(tmp_path / "photo.jpg").shape == (3, 240, 320)
+
+
+def test_regressor_checkpoint_prediction_hand_computed(tmp_path, tiny_backbone):
+    from gpumosaic.checkpoint import InferenceCheckpoint, save_inference_checkpoint
+    from gpumosaic.models import PoseRegressor
+
+    net = PoseRegressor(14, "tiny")
+    head = net.net.classifier[6]
+    with torch.no_grad():  # constant output: every 2D coordinate tanh(0.5), every 3D coordinate tanh(-0.2)
+        head.weight.zero_()
+        head.bias.copy_(torch.cat([torch.full((28,), 0.5), torch.full((42,), -0.2)]))
+    path = save_inference_checkpoint(tmp_path / "r.pt", InferenceCheckpoint(
+        "regressor", "tiny", 64, net.state_dict(), extent_m=2.0))
+    ckpt = load_inference_checkpoint(path)
+    res = predict_image(ckpt.build_model(), ckpt, torch.zeros(3, 300, 400, dtype=torch.uint8), (100, 50, 200, 250))
+    p = res.prediction
+    assert p.classes is None and p.pose2d.shape == (1, 1, 14, 2)
+    # box pixel x = (tanh(0.5)·64 + 63) / 2 (models.denormalise); photo x = 150 + (x - 31.5) / 0.256
+    box = (np.tanh(0.5) * 64 + 63) / 2
+    torch.testing.assert_close(p.pose2d, torch.full((1, 1, 14, 2), 150 + (box - 31.5) / 0.256), atol=1e-3, rtol=0)
+    torch.testing.assert_close(p.pose3d, torch.full((1, 1, 14, 3), float(np.tanh(-0.2) * 2.0)), atol=1e-6, rtol=0)

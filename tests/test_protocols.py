@@ -1,7 +1,6 @@
 """Test sets in each format, the protocol runner and ``gpumosaic evaluate``, on tiny fixture files."""
 
 import json
-import math
 
 import cv2
 import numpy as np
@@ -71,6 +70,29 @@ def test_lsp_protocol_hand_computed(tmp_path):
     json.dumps(d)
     assert d["info"]["joints_13"] == [LSP14.names[k] for k in paper_joints(LSP14)] and "neck" not in d["info"]["joints_13"]
     assert "error2d_px_13" in report.table()
+    joints = report.joint_table().splitlines()
+    assert len(joints) == 3 + 14 and joints[3].startswith("r_ankle") and "pckh@0.5" in joints[1]
+
+
+def test_constant_predictions(tmp_path):
+    root, poses = _lsp_fixture(tmp_path)
+    test = load_test_set("lsp", root)
+    from gpumosaic.geometry import fit_to_box
+    from gpumosaic.protocols import constant_predictions
+
+    gt_box, _ = fit_to_box(test.annotations.joints.double(), 220)
+    # a 110-px box pose (margin 11): on the 220 box it is doubled about the centre
+    pose = torch.full((14, 2), 54.5, dtype=torch.float64)
+    pose[0] = torch.tensor([60.5, 54.5])
+    pred = constant_predictions(test, pose, (110, None), torch.zeros(14, 3))
+    report = evaluate_predictions(test, pred, n_boot=20)
+    expect = torch.full((14, 2), 109.5, dtype=torch.float64)
+    expect[0] = torch.tensor([121.5, 109.5])
+    np.testing.assert_allclose(report.per_entry["error2d_px_all"].numpy(),
+                               (gt_box - expect).norm(dim=-1).mean(1).numpy(), rtol=1e-5)
+    assert pred.pose3d.shape == (3, 14, 3)
+    with pytest.raises(ValueError, match="pose2d"):
+        constant_predictions(test, torch.zeros(13, 2))
 
 
 def test_coco_protocol(tmp_path):
@@ -210,6 +232,9 @@ class _Tiny(nn.Module):
 @pytest.fixture
 def tiny_backbone(monkeypatch):
     monkeypatch.setitem(models.BACKBONES, "tiny", _Tiny)
+    for table, value in (("_LAST", "classifier.6"), ("MIN_SIZE", 16)):  # per-backbone tables, where present
+        if isinstance(getattr(models, table, None), dict):
+            monkeypatch.setitem(getattr(models, table), "tiny", value)
     return "tiny"
 
 
@@ -247,12 +272,44 @@ def test_checkpoint_round_trip_and_errors(tmp_path, tiny_backbone):
         InferenceCheckpoint("classifier", "tiny", 64, {}, None)
 
 
+def test_other_checkpoint_formats(tmp_path, tiny_backbone):
+    ref = load_inference_checkpoint(tiny_checkpoint(tmp_path / "c.pt", k=3, size=64))
+    cs = {"centres": ref.classes.centres, "mean_pose3d": ref.classes.mean_pose3d,
+          "mean_pose2d": ref.classes.mean_pose2d, "counts": ref.classes.counts, "skeleton": "lsp14"}
+    # gpumosaic train's model.pt
+    torch.save({"format": "gpumosaic.model", "version": 1, "task": "classifier", "model": ref.state_dict,
+                "settings": {"backbone": "tiny", "size": 64, "margin": None, "box_margin": 6.4, "skeleton": "lsp14",
+                             "extent_m": 1.0, "num_joints": 14, "steps": 5}, "classes": cs}, tmp_path / "m.pt")
+    got = load_inference_checkpoint(tmp_path / "m.pt")
+    assert (got.model, got.backbone, got.input_size, got.class_box, got.settings["steps"]) == (
+        "classifier", "tiny", 64, (64, 6.4), 5)
+    torch.testing.assert_close(got.build_model()(torch.ones(1, 3, 64, 64)), ref.build_model()(torch.ones(1, 3, 64, 64)))
+    # examples/train_classifier.py's training checkpoint
+    torch.save({"format": "gpumosaic.examples.train_classifier", "version": 1, "step": 7,
+                "config": {"backbone": "tiny", "size": 64}, "model": ref.state_dict, "optimizer": {},
+                "classes": cs}, tmp_path / "e.pt")
+    got = load_inference_checkpoint(tmp_path / "e.pt")
+    assert (got.backbone, got.input_size, got.class_box, got.settings["step"]) == ("tiny", 64, (64, None), 7)
+    # re-saved as an inference checkpoint
+    again = load_inference_checkpoint(save_inference_checkpoint(tmp_path / "i.pt", got))
+    assert again.input_size == 64 and again.classes.num_classes == 3
+
+
 def test_predict_test_set_and_cli(tmp_path, tiny_backbone, capsys):
     _jsonl_fixture(tmp_path)
     ckpt_path = tiny_checkpoint(tmp_path / "c.pt", winner=1)
     ckpt = load_inference_checkpoint(ckpt_path)
     test = load_test_set("jsonl", tmp_path)
     preds = predict_test_set(ckpt, test, batch_size=3, k=2, progress=False)
+    reads = []
+
+    def reader(path):
+        reads.append(path.name)
+        return cv2.imread(str(path))[:, :, ::-1].copy()
+
+    again = predict_test_set(ckpt, test, batch_size=4, progress=False, read_image=reader)
+    assert sorted(reads) == [f"{i:07d}.png" for i in range(4)]
+    torch.testing.assert_close(again.pose2d, preds.pose2d)
     assert preds.pose2d.shape == (4, 14, 2) and preds.classes[:, 0].tolist() == [1, 1, 1, 1]
     torch.testing.assert_close(preds.pose3d, ckpt.classes.mean_pose3d[1].expand(4, 14, 3))
     # The top-1 2D pose in image pixels, mapped back through the protocol's box, is class 1's mean 2D pose

@@ -18,10 +18,8 @@ from scipy.ndimage import distance_transform_edt
 from scipy.spatial import ConvexHull, Delaunay
 
 from gpumosaic._check import ShapeError
+from gpumosaic.delaunay import Triangulation, delaunay, delaunay_reference
 from gpumosaic.raster import (
-    Triangulation,
-    delaunay,
-    delaunay_reference,
     interpolate_triangulated,
     interpolate_triangulated_reference,
     skeleton_distance,
@@ -290,10 +288,10 @@ class TestInterpolateTriangulated:
                                    interpolate_triangulated_reference(pts, vals, (18, 21)), atol=1e-6, rtol=0)
         # Some float32 sets get an inconsistent triangulation (white box: found with the internal helpers);
         # they fall back to the collinear rule: numpy.interp of the projection on the line.
-        import gpumosaic.raster as raster
+        from gpumosaic.delaunay import delaunay_core, triangulation_regions
 
-        tri = raster._delaunay(p32)
-        (_, _, tri_ok, _), _ = raster._build_regions(p32, v32, tri.valid, tri.triangles)
+        tri = delaunay_core(p32)
+        (_, _, tri_ok, _), _ = triangulation_regions(p32, v32, tri.valid, tri.triangles)
         fallback = (tri.valid.any(1) & ~tri_ok.any(1)).nonzero().flatten().tolist()
         assert fallback  # this seed has some
         direction = np.array([2.0, 1.0]) / math.sqrt(5.0)

@@ -24,6 +24,7 @@ import pytest
 import scipy.io
 import torch
 
+import gpumosaic.prepare as prepare
 import gpumosaic.sources.real as real
 from gpumosaic.cli import build_parser, load_sources, main
 from gpumosaic.skeleton import LSP14
@@ -105,24 +106,29 @@ def test_real_pool_contents():
     meta = real.read_real_meta(REAL_CACHE)
     assert isinstance(pool, Pool2D) and pool.skeleton is LSP14
     n = len(pool)
-    assert pool.images.shape == (n, 3, 160, 160) and pool.images.dtype == torch.uint8
+    # The stored size and margin the cache was built with (160 / 10 % before issue 13, POOL_SIZE / POOL_MARGIN
+    # since; the cache records both).
+    size = meta["pool"]["image_size"][0]
+    fraction = meta["pool"].get("margin_fraction") or 0.1
+    assert size in (160, real.POOL_SIZE)
+    assert pool.images.shape == (n, 3, size, size) and pool.images.dtype == torch.uint8
     assert torch.isfinite(pool.joints).all()
-    assert ((pool.joints >= 0) & (pool.joints <= 159)).all()  # every joint inside its stored image
+    assert ((pool.joints >= 0) & (pool.joints <= size - 1)).all()  # every joint inside its stored image
     assert meta["manifest"]["outputs"]["pool.npz"]["n"] == n
     codes = (pool.ids // 100000).tolist()
     assert set(codes) <= set(real.POOL_SEQUENCES) and {1, 2, 3, 4} <= set(codes)
     kept = {k: v[0] for k, v in meta["pool"]["counts"].items() if k.startswith(("pose2sim", "sports2d"))}
     assert sum(kept.values()) == n
     assert sum(c in (1, 2, 3, 4) for c in codes) == sum(v for k, v in kept.items() if k.startswith("pose2sim"))
-    # Pose2Sim entries against the raw JSON keypoints, cropped by hand (box centred, longer side S - 2·0.1·S).
+    # Pose2Sim entries against the raw JSON keypoints, cropped by hand (box centred, longer side S - 2·margin).
     rows = [i for i, c in enumerate(codes) if c in (1, 2, 3, 4)][::37]
     for i in rows:
         cam, frame = divmod(int(pool.ids[i]), 100000)
         kp = _best_person(FILES / "pose2sim" / "pose" / f"cam{cam:02d}_json" / f"cam{cam:02d}.{frame:04d}.json")
         xy = np.array([kp[B25B[m], :2] for m in LSP_MARKERS])
         lo, hi = xy.min(0), xy.max(0)
-        scale = (160 - 32) / (hi - lo).max()
-        expected = (xy - (lo + hi) / 2) * scale + 79.5
+        scale = size * (1 - 2 * fraction) / (hi - lo).max()
+        expected = (xy - (lo + hi) / 2) * scale + (size - 1) / 2
         np.testing.assert_allclose(pool.joints[i].numpy(), expected, atol=1e-3)
     # The crop holds a person: the stored image around the joints is not flat.
     assert float(pool.images.float().std()) > 20
@@ -267,7 +273,7 @@ def test_prepare_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GPUMOSAIC_CACHE", str(tmp_path / "cache"))
     _fake_pip(monkeypatch, None)
     with pytest.raises(RuntimeError, match="pip download"):
-        real.prepare(quiet=True, log=lambda _: None)
+        prepare.prepare(quiet=True, log=lambda _: None)
     assert main(["data", "prepare", "--offline-ok", "--quiet"]) == 0
     assert "embedded synthetic demo data" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--offline-ok"):
@@ -292,7 +298,7 @@ def _tiny_sources(n=3, m=5, seed=0):
 def _write_fake_cache(cache):
     pool, mocap = _tiny_sources()
     files = {k: {} for k, p in real.PINNED.items() if not p.optional}
-    real.save_real_cache(cache, pool, mocap, files=files)
+    prepare.save_real_cache(cache, pool, mocap, files=files)
     return pool, mocap
 
 
@@ -437,7 +443,8 @@ def test_every_loader_kind_has_a_fixture():
 @pytest.mark.parametrize("pool_kind,mocap_kind", list(zip(sorted(POOL_KINDS), sorted(MOCAP_KINDS))))
 def test_pool_and_mocap_kind_path(tmp_path, pool_kind, mocap_kind):
     """Each loader kind through the CLI's options: the resolved sources equal the loaders' own output."""
-    from gpumosaic.sources.build import load_mocap, load_pool
+    from gpumosaic.pools import load_pool
+    from gpumosaic.sources.build import load_mocap
 
     rng = np.random.default_rng(len(pool_kind) * 7 + len(mocap_kind))
     (tmp_path / "p").mkdir()
@@ -448,9 +455,9 @@ def test_pool_and_mocap_kind_path(tmp_path, pool_kind, mocap_kind):
             *[a for o in _opts(pool_opts) for a in ("--pool-option", o)],
             *[a for o in _opts(mocap_opts) for a in ("--mocap-option", o)]]
     args = build_parser().parse_args(argv)
-    from gpumosaic.cli import _sources
+    from gpumosaic.cli import sources_from_args
 
-    pool, mocap = _sources(args, torch.device("cpu"))
+    pool, mocap = sources_from_args(args, torch.device("cpu"))
     assert len(pool) == n and len(mocap) == m and pool.skeleton is LSP14 and mocap.skeleton is LSP14
     assert torch.isfinite(pool.joints).all() and torch.isfinite(mocap.poses).all()
     ref_pool = load_pool(pool_kind, pool_path, **pool_opts)

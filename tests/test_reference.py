@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpumosaic import LSP14, MosaicEngine, load_demo_mocap, load_demo_pool
+from gpumosaic import LSP14, MosaicEngine, MosaicSettings, load_demo_mocap, load_demo_pool
 from gpumosaic.camera import render_views, sample_views
 from gpumosaic.raster import skeleton_distance_reference
 from gpumosaic.reference import ReferenceEngine
@@ -96,11 +96,12 @@ def test_reference_distance_within_a_pixel_of_exact(data, reference):
         assert np.abs(half(r.distance) - half(exact[b])).max() <= 1
 
 
-def test_zeros_padding_without_mirror_small_box(data):
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflection"])
+def test_zeros_padding_without_mirror_small_box(data, padding_mode):
     pool, query, _ = data
-    kw = dict(size=96, mirror=False, padding_mode="zeros", alpha=4.0, beta=0.5)
-    res = MosaicEngine(pool.subset(slice(0, 12)), LSP14, **kw)(query[:2])
-    refs = ReferenceEngine(pool.subset(slice(0, 12)), LSP14, **kw).batch(query[:2].numpy())
+    settings = MosaicSettings(size=96, mirror=False, padding_mode=padding_mode, alpha=4.0, beta=0.5)
+    res = MosaicEngine(pool.subset(slice(0, 12)), LSP14, settings)(query[:2])
+    refs = ReferenceEngine(pool.subset(slice(0, 12)), LSP14, settings).batch(query[:2].numpy())
     for b, r in enumerate(refs):
         np.testing.assert_array_equal(res.matches[b].numpy(), r.matches)
         assert (r.matches < 12).all()
@@ -114,6 +115,43 @@ def test_zeros_padding_without_mirror_small_box(data):
 def test_reference_rejects_bad_input(data):
     pool = data[0]
     with pytest.raises(ValueError, match="padding_mode"):
-        ReferenceEngine(pool, LSP14, padding_mode="reflect")
+        ReferenceEngine(pool, LSP14, MosaicSettings(padding_mode="reflect"))
     with pytest.raises(ValueError, match="query of shape"):
         ReferenceEngine(pool, LSP14)(np.zeros((13, 2)))
+
+
+def test_mask_outside_and_reflection_against_reference(data):
+    """The out-of-image mask (issue 13) and reflection padding, engine against the NumPy/OpenCV twin."""
+    pool, query, occluded = data
+    settings = MosaicSettings(size=96, alpha=1.0, padding_mode="reflection", mask_outside=True)
+    res = MosaicEngine(pool, LSP14, settings)(query[:3], occluded[:3])
+    refs = ReferenceEngine(pool, LSP14, settings).batch(query[:3].numpy(), occluded[:3].numpy())
+    for b, r in enumerate(refs):
+        np.testing.assert_array_equal(res.matches[b].numpy(), r.matches)
+        same = res.index_map[b].numpy() == r.index_map
+        assert same.mean() >= 0.99
+        diff = np.abs(res.mosaic_unblended[b].numpy() - r.mosaic_unblended)[:, same]
+        assert diff.max() <= 2e-3
+        assert np.abs(res.images[b].numpy() - r.images).mean() < 1e-2
+    plain = ReferenceEngine(pool, LSP14, MosaicSettings(size=96, alpha=1.0, padding_mode="reflection",
+                                                        mask_outside=False)).batch(query[:3].numpy(),
+                                                                                   occluded[:3].numpy())
+    assert any((p.index_map != r.index_map).any() for p, r in zip(plain, refs))  # the mask changed something
+    with pytest.raises(ValueError, match="compat_weight"):
+        ReferenceEngine(pool, LSP14, MosaicSettings(compat_weight=1.0))
+
+
+def test_paper_settings_against_reference(data):
+    """The paper's blending (settings.PAPER: α = 6, border replication, no mask) against the twin."""
+    from gpumosaic.settings import PAPER
+
+    pool, query, occluded = data
+    settings = MosaicSettings(size=96, **PAPER)
+    res = MosaicEngine(pool, LSP14, settings)(query[:2], occluded[:2])
+    refs = ReferenceEngine(pool, LSP14, settings).batch(query[:2].numpy(), occluded[:2].numpy())
+    for b, r in enumerate(refs):
+        np.testing.assert_array_equal(res.matches[b].numpy(), r.matches)
+        same = res.index_map[b].numpy() == r.index_map
+        assert same.mean() >= 0.99
+        assert np.abs(res.mosaic_unblended[b].numpy() - r.mosaic_unblended)[:, same].max() <= 2e-3
+        assert np.abs(res.images[b].numpy() - r.images).mean() < 1e-2

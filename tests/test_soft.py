@@ -290,7 +290,7 @@ def test_soft_tends_to_hard_as_temperature_falls():
     pool = _pool(n=5, h=48, w=40, seed=8, dtype=torch.uint8)
     q = torch.cat([_query(pool, k, seed=10 + k, dtype=torch.float64, noise=2.0) for k in range(3)])
     s = 40
-    hard = MosaicEngine(pool, size=s, settings=MosaicSettings(size=s)).__call__(q.float())
+    hard = MosaicEngine(pool, settings=MosaicSettings(size=s)).__call__(q.float())
     eng = MosaicEngine(pool, size=s)
     taus = (1.0, 0.3, 0.1, 0.03, 1e-4)
     res = {t: soft_mosaic(eng, q.float(), temperature=t) for t in taus}

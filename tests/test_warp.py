@@ -19,8 +19,8 @@ from gpumosaic.warp import (
     warp_points_reference,
 )
 
-CV2_BORDER = {"border": cv2.BORDER_REPLICATE, "zeros": cv2.BORDER_CONSTANT}
-SCIPY_MODE = {"border": "nearest", "zeros": "grid-constant"}  # order-1 equivalents of the two borders
+CV2_BORDER = {"border": cv2.BORDER_REPLICATE, "zeros": cv2.BORDER_CONSTANT, "reflection": cv2.BORDER_REFLECT}
+SCIPY_MODE = {"border": "nearest", "zeros": "grid-constant", "reflection": "reflect"}  # order-1 equivalents of the two borders
 # OpenCV < 5 quantises warpAffine's source coordinates to 1/32 px (INTER_BITS = 5), so each bilinear
 # weight may be off by up to 1/64 per axis: <= 2/64 on a [0, 1] image with arbitrary maps. OpenCV 5's
 # float32 path measured <= 4e-6 against an exact float64 bilinear reference.
@@ -73,7 +73,7 @@ MAPS = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["border", "zeros"])
+@pytest.mark.parametrize("mode", ["border", "zeros", "reflection"])
 @pytest.mark.parametrize("src_size,dst_size", SIZES)
 def test_matches_opencv_dyadic(device, mode, src_size, dst_size):
     # src_from_dst with entries on the 1/32 grid: every sampled source coordinate is exactly representable
@@ -93,7 +93,7 @@ def test_matches_opencv_dyadic(device, mode, src_size, dst_size):
         np.testing.assert_allclose(out[b].cpu().numpy(), ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["border", "zeros"])
+@pytest.mark.parametrize("mode", ["border", "zeros", "reflection"])
 @pytest.mark.parametrize("src_size,dst_size", SIZES)
 def test_matches_opencv_and_scipy_general(device, mode, src_size, dst_size):
     g = torch.Generator().manual_seed(2)
@@ -107,7 +107,7 @@ def test_matches_opencv_and_scipy_general(device, mode, src_size, dst_size):
         np.testing.assert_allclose(out[b], scipy_warp(img, maps[b], dst_size, mode), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["border", "zeros"])
+@pytest.mark.parametrize("mode", ["border", "zeros", "reflection"])
 @pytest.mark.parametrize("src_w", [1, 16])  # includes a 1-pixel-wide source
 def test_float64_matches_scipy_exactly(device, mode, src_w):
     g = torch.Generator().manual_seed(3)
@@ -120,7 +120,7 @@ def test_float64_matches_scipy_exactly(device, mode, src_w):
                                    atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["border", "zeros"])
+@pytest.mark.parametrize("mode", ["border", "zeros", "reflection"])
 def test_reference_twin(mode):
     g = torch.Generator().manual_seed(4)
     imgs = torch.rand(2, 2, 9, 7, generator=g)
@@ -275,7 +275,7 @@ def test_warp_points_against_numpy(device):
     np.testing.assert_allclose(shared, pts @ maps[0, 0, :, :2].T + maps[0, 0, :, 2], atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", ["border", "zeros"])
+@pytest.mark.parametrize("mode", ["border", "zeros", "reflection"])
 def test_gradcheck(mode):
     g = torch.Generator().manual_seed(11)
     imgs = torch.rand(2, 2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
@@ -308,7 +308,7 @@ def test_exceptions():
     with pytest.raises(ShapeError, match="dst_from_src"):
         warp_images(imgs, torch.zeros(2, 3, 3), (5, 5))
     with pytest.raises(ValueError, match="padding_mode"):
-        warp_images(imgs, aff, (5, 5), "reflection")
+        warp_images(imgs, aff, (5, 5), "reflect")
     with pytest.raises(ValueError, match="size"):
         warp_images(imgs, aff, (0, 5))
     with pytest.raises(ValueError, match="size"):
@@ -344,7 +344,7 @@ def test_cuda_vs_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+@pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
 @pytest.mark.parametrize("pool_dtype", [torch.uint8, torch.float32])
 def test_warp_blend_sparse_equals_dense(padding_mode, pool_dtype, device):
     from gpumosaic.blend import blend

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 
-from .._check import check_shape
+from .._check import check_shape, checks_enabled
 from ..skeleton import LSP14, Skeleton
 
-__all__ = ["Pool2D", "Mocap3D"]
+__all__ = ["Pool2D", "Mocap3D", "FAR_OUTSIDE"]
+
+FAR_OUTSIDE = 0.25
+"""Pool joints farther outside their image than this fraction of the image side are flagged (a warning)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,16 @@ class Pool2D:
         if dims["N"] == 0:
             raise ValueError("Pool2D needs at least one image, got an empty pool")
         if dims["C"] != 3:
-            raise ValueError(
-                f"Expected RGB pool images with 3 channels, got {dims['C']} (convert grayscale with "
-                f"images.expand(-1, 3, -1, -1))"
-            )
+            shape = tuple(self.images.shape)
+            if dims["W"] in (1, 3, 4) and dims["C"] > 4:
+                hint = f"channels-last (N, H, W, C) images: use images.permute(0, 3, 1, 2)"
+            elif dims["C"] == 4:
+                hint = "RGBA: drop the alpha channel with images[:, :3] (or composite it onto a background)"
+            elif dims["C"] == 1:
+                hint = "grayscale: convert with images.expand(-1, 3, -1, -1)"
+            else:
+                hint = "expected (N, 3, H, W) RGB images"
+            raise ValueError(f"Expected RGB pool images of shape (N, 3, H, W), got {shape} ({hint})")
         if dims["J"] != len(self.skeleton):
             raise ValueError(
                 f"Pool joints have J={dims['J']} but skeleton {self.skeleton.name} has {len(self.skeleton)}"
@@ -56,6 +66,35 @@ class Pool2D:
             raise ValueError("Pool joints hold NaN or infinite values; drop incomplete annotations first")
         if self.ids is None:
             object.__setattr__(self, "ids", torch.arange(dims["N"], device=self.joints.device))
+        elif not isinstance(self.ids, torch.Tensor) or self.ids.shape != (dims["N"],) or self.ids.is_floating_point():
+            got = tuple(self.ids.shape) if isinstance(self.ids, torch.Tensor) else type(self.ids).__name__
+            raise ValueError(f"Expected pool ids as an integer tensor of shape ({dims['N']},) (one per image), "
+                             f"got {got}" + (f" {self.ids.dtype}" if isinstance(self.ids, torch.Tensor) else ""))
+        if checks_enabled():
+            self._check_values(dims)
+
+    def _check_values(self, dims: dict) -> None:
+        """Float images in [0, 1] without NaN; joints far outside their image flagged (one pass, no grad)."""
+        with torch.no_grad():
+            if self.images.is_floating_point():
+                lo, hi = torch.aminmax(self.images.detach())
+                if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):  # NaN propagates into aminmax
+                    raise ValueError("Expected finite float pool images, got NaN or infinite pixels")
+                if float(lo) < 0 or float(hi) > 1:
+                    raise ValueError(f"Expected float pool images in [0, 1] (or uint8 in [0, 255]), got values in "
+                                     f"[{float(lo):.3g}, {float(hi):.3g}]" +
+                                     ("; divide by 255" if float(hi) <= 255 and float(lo) >= 0 else ""))
+            h, w = dims["H"], dims["W"]
+            x, y = self.joints[..., 0], self.joints[..., 1]
+            far = ((x < -FAR_OUTSIDE * w) | (x > (w - 1) + FAR_OUTSIDE * w) |
+                   (y < -FAR_OUTSIDE * h) | (y > (h - 1) + FAR_OUTSIDE * h)).any(1)
+            count = int(far.sum())
+        if count:
+            rows = far.nonzero().flatten()[:5].tolist()
+            warnings.warn(f"{count} of {dims['N']} pool entries have joints more than {FAR_OUTSIDE:.0%} of the image "
+                          f"side outside their {h}x{w} image (rows {rows}{'...' if count > 5 else ''}): mosaics "
+                          f"built from them copy border pixels; check the annotations' pixel frame", UserWarning,
+                          stacklevel=3)
 
     def __len__(self) -> int:
         return self.images.shape[0]

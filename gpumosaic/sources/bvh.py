@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ..skeleton import LSP14, Skeleton
-from .build import (LoadedMocap, PathLike, _apply_weights, _check_stride, _loaded_mocap, _name_weights,
-                    _source_files, _up_axis)
-from .demo import _rx, _ry, _rz
+from .build import (LoadedMocap, PathLike, apply_weights, check_stride, make_loaded_mocap, name_weights,
+                    source_files, to_z_up)
+from ..geometry import rotation_x, rotation_y, rotation_z
 
 __all__ = ["BVH_JOINT_CANDIDATES", "UNITS", "guess_unit", "read_bvh", "BVHData", "bvh_forward_kinematics", "load_bvh"]
 
@@ -180,7 +180,7 @@ def read_bvh(path: PathLike) -> BVHData:
                    channels=tuple(channels), motion=motion, frame_time=frame_time)
 
 
-_AXIS_ROTATION = {"x": _rx, "y": _ry, "z": _rz}
+_AXIS_ROTATION = {"x": rotation_x, "y": rotation_y, "z": rotation_z}
 
 
 def bvh_forward_kinematics(bvh: BVHData, motion: np.ndarray | None = None, use_positions: bool = True) -> np.ndarray:
@@ -273,15 +273,15 @@ def load_bvh(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float |
     Returns:
         :class:`~gpumosaic.sources.build.LoadedMocap`; frames with non-finite values are dropped.
     """
-    _check_stride(stride)
+    check_stride(stride)
     sequences, notes = [], []
-    for file in _source_files(path, ".bvh"):
+    for file in source_files(path, ".bvh"):
         bvh = read_bvh(file)
-        weights, _ = _name_weights(bvh.names, BVH_JOINT_CANDIDATES, joint_map, file)
+        weights, _ = name_weights(bvh.names, BVH_JOINT_CANDIDATES, joint_map, file)
         rest = bvh_forward_kinematics(bvh, np.zeros((1, bvh.motion.shape[1])), use_positions=False)
         metres, note = _scale(scale, rest, file)
         if note:
             notes.append(f"{file.name}: {note}")
         world = bvh_forward_kinematics(bvh, bvh.motion[::stride])  # (F, P, 3)
-        sequences.append((str(file), _up_axis(_apply_weights(weights, world) * metres, up, file)))
-    return _loaded_mocap("bvh", path, sequences, stride, LSP14, skeleton, "non-finite values", notes)
+        sequences.append((str(file), to_z_up(apply_weights(weights, world) * metres, up, file)))
+    return make_loaded_mocap("bvh", path, sequences, stride, LSP14, skeleton, "non-finite values", notes)

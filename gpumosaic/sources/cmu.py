@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..skeleton import LSP14, Skeleton
-from .build import (LoadedMocap, PathLike, _apply_weights, _check_stride, _loaded_mocap, _name_weights,
-                    _source_files, _up_axis)
-from .demo import _rx, _ry, _rz
+from .build import (LoadedMocap, PathLike, apply_weights, check_stride, make_loaded_mocap, name_weights,
+                    source_files, to_z_up)
+from ..geometry import rotation_x, rotation_y, rotation_z
 
 __all__ = ["CMU_JOINTS", "ASFSkeleton", "read_asf", "read_amc", "cmu_forward_kinematics", "load_cmu"]
 
@@ -46,7 +46,7 @@ CMU_JOINTS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 """LSP14 joint -> CMU bone whose end point it is."""
 
-_AXIS = {"x": _rx, "y": _ry, "z": _rz}
+_AXIS = {"x": rotation_x, "y": rotation_y, "z": rotation_z}
 
 
 @dataclass(frozen=True)
@@ -294,10 +294,10 @@ def load_cmu(path: PathLike, *, skeleton: Skeleton | str = LSP14, asf: PathLike 
     Returns:
         :class:`~gpumosaic.sources.build.LoadedMocap`; frames where a bone has no values are dropped.
     """
-    _check_stride(stride)
+    check_stride(stride)
     sequences, notes = [], []
     cache: dict[Path, ASFSkeleton] = {}
-    for amc in _source_files(path, ".amc"):
+    for amc in source_files(path, ".amc"):
         asf_path = Path(asf) if asf is not None else _asf_for(amc)
         if asf_path not in cache:
             cache[asf_path] = read_asf(asf_path)
@@ -305,9 +305,9 @@ def load_cmu(path: PathLike, *, skeleton: Skeleton | str = LSP14, asf: PathLike 
                 notes.append(f"{asf_path.name}: length {cache[asf_path].length_unit:g} -> "
                              f"{0.0254 / cache[asf_path].length_unit:.6g} m per unit.")
         sk = cache[asf_path]
-        weights, _ = _name_weights(sk.names, CMU_JOINTS, joint_map, asf_path)
+        weights, _ = name_weights(sk.names, CMU_JOINTS, joint_map, asf_path)
         metres = 0.0254 / sk.length_unit if scale is None else float(scale)
         world = cmu_forward_kinematics(sk, read_amc(amc, sk)[::stride])
-        sequences.append((str(amc), _up_axis(_apply_weights(weights, world) * metres, up, amc)))
-    return _loaded_mocap("cmu", path, sequences, stride, LSP14, skeleton, "incomplete frame (a bone without values)",
+        sequences.append((str(amc), to_z_up(apply_weights(weights, world) * metres, up, amc)))
+    return make_loaded_mocap("cmu", path, sequences, stride, LSP14, skeleton, "incomplete frame (a bone without values)",
                          notes)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..skeleton import LSP14, Skeleton
-from .build import Annotations2D, PathLike, _annotations
+from .build import Annotations2D, PathLike, make_annotations
 
 __all__ = ["HEAD_TOP_FACTOR", "extrapolate_head_top", "load_coco", "COCO17_NAMES"]
 
@@ -71,7 +71,7 @@ def extrapolate_head_top(neck: np.ndarray, face: np.ndarray, face_ok: np.ndarray
     return np.where((count > 0)[..., None], neck + factor * (centre - neck), np.nan)
 
 
-def _face_layout_to_lsp(kp: np.ndarray, present: np.ndarray, visible: np.ndarray, limbs, neck, face,
+def face_layout_to_lsp(kp: np.ndarray, present: np.ndarray, visible: np.ndarray, limbs, neck, face,
                         ears=(3, 4)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Keypoints (N, K, 2) of a face layout (COCO, OpenPose) -> LSP14.
 
@@ -160,7 +160,7 @@ def load_coco(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_dir: Pa
         paths.append(folder / name if folder is not None and name is not None else None)
 
     present = kp[..., 2] > 0
-    joints, limbs_ok, face_ok, vis = _face_layout_to_lsp(kp[..., :2], present, kp[..., 2] >= 2, _COCO_LIMBS,
+    joints, limbs_ok, face_ok, vis = face_layout_to_lsp(kp[..., :2], present, kp[..., 2] >= 2, _COCO_LIMBS,
                                                          (6, 5), _COCO_FACE)
     labelled = present.any(1)
     reasons = {"crowd": crowd, "no keypoints": ~crowd & ~labelled}
@@ -170,7 +170,7 @@ def load_coco(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_dir: Pa
     reasons["occluded keypoint (drop_occluded=True)"] = (
         ~dropped_so_far & ~vis.all(1) if drop_occluded else np.zeros(len(anns), bool))
     keep = ~np.any(np.stack(list(reasons.values())), axis=0) if len(anns) else np.zeros(0, bool)
-    return _annotations(
+    return make_annotations(
         "coco", path, joints, vis, keep, paths, ids, LSP14, skeleton, {k: int(v.sum()) for k, v in reasons.items()},
         notes=(f"neck = mid-shoulders; head_top = neck + {HEAD_TOP_FACTOR}·(ears' midpoint or face mean - neck).",),
     )

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..skeleton import LSP14, Skeleton
-from .build import LoadedMocap, PathLike, _check_stride, _loaded_mocap, _source_files, _up_axis
+from .build import LoadedMocap, PathLike, check_stride, make_loaded_mocap, source_files, to_z_up
 
 __all__ = ["DEEPMIMIC_COLUMNS", "DEFAULT_OFFSETS", "HEAD_TOP_OFFSET", "URDF_SCALE", "PARENTS",
            "read_urdf_offsets", "deepmimic_forward_kinematics", "load_deepmimic"]
@@ -190,7 +190,7 @@ def load_deepmimic(path: PathLike, *, skeleton: Skeleton | str = LSP14, urdf: Pa
     Returns:
         :class:`~gpumosaic.sources.build.LoadedMocap`; rows with non-finite values are dropped.
     """
-    _check_stride(stride)
+    check_stride(stride)
     table, head = dict(DEFAULT_OFFSETS), HEAD_TOP_OFFSET
     notes = []
     if urdf is not None:
@@ -205,7 +205,7 @@ def load_deepmimic(path: PathLike, *, skeleton: Skeleton | str = LSP14, urdf: Pa
         table.update({k: tuple(float(x) for x in v) for k, v in offsets.items()})
     width = sum(w for _, w in DEEPMIMIC_COLUMNS)
     sequences = []
-    for file in _source_files(path, ".txt"):
+    for file in source_files(path, ".txt"):
         try:
             data = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
@@ -223,5 +223,5 @@ def load_deepmimic(path: PathLike, *, skeleton: Skeleton | str = LSP14, urdf: Pa
             raise ValueError(f"{file}: Frames hold non-numbers") from None
         world = deepmimic_forward_kinematics(arr, table, head)
         lsp = np.stack([world[n] for n in _LSP_FROM], 1)
-        sequences.append((str(file), _up_axis(lsp, up, file)))
-    return _loaded_mocap("deepmimic", path, sequences, stride, LSP14, skeleton, "non-finite values", notes)
+        sequences.append((str(file), to_z_up(lsp, up, file)))
+    return make_loaded_mocap("deepmimic", path, sequences, stride, LSP14, skeleton, "non-finite values", notes)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .._check import check_shape
+from ..geometry import rotation_x, rotation_y, rotation_z
 from ..skeleton import LSP14
 from .base import Mocap3D, Pool2D
 
@@ -318,21 +319,6 @@ def _pose_kick(d: _Draw, side: torch.Tensor) -> torch.Tensor:
     return _assemble(torso, head, r_leg, l_leg, r_arm, l_arm)
 
 
-def _rx(a: torch.Tensor) -> torch.Tensor:
-    c, s, o, z = torch.cos(a), torch.sin(a), torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([o, z, z, z, c, -s, z, s, c], -1).unflatten(-1, (3, 3))
-
-
-def _ry(a: torch.Tensor) -> torch.Tensor:
-    c, s, o, z = torch.cos(a), torch.sin(a), torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([c, z, s, z, o, z, -s, z, c], -1).unflatten(-1, (3, 3))
-
-
-def _rz(a: torch.Tensor) -> torch.Tensor:
-    c, s, o, z = torch.cos(a), torch.sin(a), torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([c, -s, z, s, c, z, z, z, o], -1).unflatten(-1, (3, 3))
-
-
 def _fk(shapes: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward kinematics returning the joints (B, 14, 3) and segment frames (B, 3, 3) (world_from_segment)."""
     thigh, shin, upper, fore, torso_h, sw, hw, head = shapes.unbind(-1)
@@ -346,8 +332,8 @@ def _fk(shapes: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, dict[
         return (r @ v.unsqueeze(-1)).squeeze(-1)
 
     # Rest pose: mid-hip at the origin, z up, facing +x, left = +y. Torso rotates about the mid-hip.
-    r_torso = _ry(a[0]) @ _rx(a[1]) @ _rz(a[2])
-    r_head = r_torso @ _ry(a[3]) @ _rx(a[4])
+    r_torso = rotation_y(a[0]) @ rotation_x(a[1]) @ rotation_z(a[2])
+    r_head = r_torso @ rotation_y(a[3]) @ rotation_x(a[4])
     neck = apply(r_torso, vec(zero, zero, torso_h))
     head_top = neck + apply(r_head, vec(zero, zero, head))
     frames = {"torso": r_torso, "head": r_head}
@@ -356,18 +342,18 @@ def _fk(shapes: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, dict[
         # Leg: flexion about -y (forward), abduction about x (outward: -y for the right leg), internal
         # rotation about the thigh axis; the knee bends the shin backward (about +y).
         hip = vec(zero, sgn * hw / 2, zero)
-        r_thigh = _ry(-a[base]) @ _rx(sgn * a[base + 1]) @ _rz(-sgn * a[base + 2])
+        r_thigh = rotation_y(-a[base]) @ rotation_x(sgn * a[base + 1]) @ rotation_z(-sgn * a[base + 2])
         knee = hip + apply(r_thigh, vec(zero, zero, -thigh))
-        r_shin = r_thigh @ _ry(a[base + 3])
+        r_shin = r_thigh @ rotation_y(a[base + 3])
         ankle = knee + apply(r_shin, vec(zero, zero, -shin))
         joints.update({f"{side}_hip": hip, f"{side}_knee": knee, f"{side}_ankle": ankle})
         frames.update({f"{side}_thigh": r_thigh, f"{side}_shin": r_shin})
     for side, sgn, base in (("r", -1.0, 13), ("l", 1.0, 17)):
         # Arm: same convention in the torso frame; the elbow bends the forearm forward (about -y).
         shoulder = neck + apply(r_torso, vec(zero, sgn * sw / 2, zero - SHOULDER_DROP))
-        r_upper = r_torso @ _ry(-a[base]) @ _rx(sgn * a[base + 1]) @ _rz(-sgn * a[base + 2])
+        r_upper = r_torso @ rotation_y(-a[base]) @ rotation_x(sgn * a[base + 1]) @ rotation_z(-sgn * a[base + 2])
         elbow = shoulder + apply(r_upper, vec(zero, zero, -upper))
-        r_fore = r_upper @ _ry(-a[base + 3])
+        r_fore = r_upper @ rotation_y(-a[base + 3])
         wrist = elbow + apply(r_fore, vec(zero, zero, -fore))
         joints.update({f"{side}_shoulder": shoulder, f"{side}_elbow": elbow, f"{side}_wrist": wrist})
         frames.update({f"{side}_upper": r_upper, f"{side}_fore": r_fore})

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..skeleton import H36M17, LSP14, Skeleton
-from .build import Annotations2D, LoadedMocap, PathLike, _annotations, _check_stride, _loaded_mocap
+from .build import Annotations2D, LoadedMocap, PathLike, make_annotations, check_stride, make_loaded_mocap
 
 __all__ = ["H36M32_TO_17", "H36M_CAMERAS", "H36M_CONVERTER_NOTE", "load_h36m_3d", "load_h36m_2d"]
 
@@ -114,7 +114,7 @@ def load_h36m_3d(path: PathLike, *, skeleton: Skeleton | str = LSP14, subjects: 
         :class:`~gpumosaic.sources.build.LoadedMocap`; frames with non-finite values are dropped and counted.
     """
     path = Path(path)
-    _check_stride(stride)
+    check_stride(stride)
     npz = _open(path)
     sequences = []
     for key, (subject, action) in _keys(npz, path, 2):
@@ -123,7 +123,7 @@ def load_h36m_3d(path: PathLike, *, skeleton: Skeleton | str = LSP14, subjects: 
         sequences.append((key, _to_h36m17(_read(npz, key, path), 3, key, path)[::stride]))
     if not sequences:
         raise ValueError(f"{path}: no sequence matches subjects={subjects} actions={actions}")
-    return _loaded_mocap("h36m", path, sequences, stride, H36M17, skeleton, "non-finite values")
+    return make_loaded_mocap("h36m", path, sequences, stride, H36M17, skeleton, "non-finite values")
 
 
 def load_h36m_2d(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_root: PathLike | None = None,
@@ -147,7 +147,7 @@ def load_h36m_2d(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_root
         occlusion flags); ids number the frames read, in key order.
     """
     path = Path(path)
-    _check_stride(stride)
+    check_stride(stride)
     root = Path(image_root) if image_root is not None else path.parent
     npz = _open(path)
     joints, paths, keep = [], [], []
@@ -170,5 +170,5 @@ def load_h36m_2d(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_root
     if not joints:
         raise ValueError(f"{path}: no sequence matches subjects={subjects} actions={actions} cameras={cameras}")
     joints, keep = np.concatenate(joints), np.concatenate(keep)
-    return _annotations("h36m2d", path, np.nan_to_num(joints), np.ones(joints.shape[:2], bool), keep, paths,
+    return make_annotations("h36m2d", path, np.nan_to_num(joints), np.ones(joints.shape[:2], bool), keep, paths,
                         np.arange(len(keep)), H36M17, skeleton, {"non-finite values": int((~keep).sum())})

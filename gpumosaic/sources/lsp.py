@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..skeleton import LSP14, Skeleton
-from .build import Annotations2D, PathLike, _annotations
+from .build import Annotations2D, PathLike, make_annotations
 
 __all__ = ["load_lsp"]
 
@@ -96,7 +96,7 @@ def load_lsp(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_dir: Pat
         ext = ".png"
     paths = [folder / (stem.format(i + 1) + ext) for i in range(n)]
     flag_note = "flag 1 = occluded" if occluded_flag else "flag 1 = visible"
-    return _annotations(
+    return make_annotations(
         variant, mat_path, np.nan_to_num(xy), visible, keep, paths, np.arange(n), LSP14, skeleton,
         {"incomplete (joint missing: non-finite or non-positive coordinate)": int(incomplete.sum()),
          "occluded joint (drop_occluded=True)": int(occluded.sum())},

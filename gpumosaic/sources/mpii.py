@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..skeleton import LSP14, MPII16, Skeleton
-from .build import Annotations2D, PathLike, _annotations
+from .build import Annotations2D, PathLike, make_annotations
 
 __all__ = ["load_mpii"]
 
@@ -139,7 +139,7 @@ def load_mpii(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_dir: Pa
             paths.append(folder / name)
             ids.append(1000 * i + r)
     n = len(keep)
-    return _annotations(
+    return make_annotations(
         "mpii", path, np.array(joints).reshape(n, 16, 2), np.array(visible).reshape(n, 16), np.array(keep, bool),
         paths, np.array(ids, np.int64), MPII16, skeleton, reasons,
         notes=("LSP neck = MPII upper_neck.",) if MPII16.name != getattr(skeleton, "name", skeleton) else (),

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..skeleton import LSP14, Skeleton
-from .build import Annotations2D, PathLike, _annotations
-from .coco import HEAD_TOP_FACTOR, _face_layout_to_lsp
+from .build import Annotations2D, PathLike, make_annotations
+from .coco import HEAD_TOP_FACTOR, face_layout_to_lsp
 
 __all__ = ["load_openpose", "OPENPOSE_LAYOUTS"]
 
@@ -118,7 +118,7 @@ def load_openpose(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_dir
     count, limbs, neck, face = OPENPOSE_LAYOUTS[layout]
     kp = np.stack([np.zeros((count, 3)) if a is None else a for a in kps])
     present = kp[..., 2] > min_confidence
-    joints, limbs_ok, face_ok, vis = _face_layout_to_lsp(kp[..., :2], present, np.ones_like(present), limbs, neck,
+    joints, limbs_ok, face_ok, vis = face_layout_to_lsp(kp[..., :2], present, np.ones_like(present), limbs, neck,
                                                          face)
     has_person = np.array([a is not None for a in kps])
     complete = limbs_ok & face_ok & np.isfinite(kp[..., :2]).all((1, 2))
@@ -128,5 +128,5 @@ def load_openpose(path: PathLike, *, skeleton: Skeleton | str = LSP14, image_dir
              f"- neck)."]
     if ignored:
         notes.append(f"Ignored {ignored} *.json.old files.")
-    return _annotations("openpose", path, joints, vis, keep, paths, np.arange(len(files)), LSP14, skeleton, reasons,
+    return make_annotations("openpose", path, joints, vis, keep, paths, np.arange(len(files)), LSP14, skeleton, reasons,
                         notes)

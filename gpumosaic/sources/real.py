@@ -1,14 +1,14 @@
 """The real default data: people filmed by real cameras and real motion, fetched from pinned PyPI packages.
 
-``gpumosaic data prepare`` (:func:`prepare`) downloads a few pinned, redistributable packages with
-``pip download --no-deps``, checks their sha256 against :data:`PINNED`, extracts only their data files into a
-cache (``$GPUMOSAIC_CACHE``, default ``~/.cache/gpumosaic/real``), decodes the video frames it needs and
-builds:
+``gpumosaic data prepare`` (:func:`gpumosaic.prepare.prepare`) downloads a few pinned, redistributable
+packages with ``pip download --no-deps``, checks their sha256 against :data:`PINNED`, extracts only their
+data files into a cache (``$GPUMOSAIC_CACHE``, default ``~/.cache/gpumosaic/real``), decodes the video frames
+it needs and builds:
 
 - a **real 2D pool** (``pool.npz``): the 4 calibrated cameras × 100 frames of Pose2Sim's balancing trial
   with their OpenPose BODY_25B keypoints, and the frames of Sports2D's outdoor demo video with MediaPipe
   Pose labels shipped in ``gpumosaic/data/real_labels/sports2d_mediapipe.json``; every person cropped by
-  :func:`~gpumosaic.sources.build.build_pool` to S = 160, LSP14 joints;
+  :func:`~gpumosaic.pools.build_pool` to S = :data:`POOL_SIZE` (256, margin 20 %), LSP14 joints;
 - a **real 3D source** (``mocap.npz``): the 15 DeepMimic ``humanoid3d_*`` clips of pybullet (through
   :func:`~gpumosaic.sources.deepmimic.load_deepmimic`) and Pose2Sim's triangulated TRC trials (through
   :func:`~gpumosaic.sources.trc.load_trc`), LSP14, metres, ``z`` up, merged into one
@@ -28,20 +28,17 @@ Convention:
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import importlib.resources
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -50,8 +47,8 @@ import torch
 
 from ..skeleton import LSP14
 from .base import Mocap3D, Pool2D
-from .build import Annotations2D, PathLike, _annotations, build_pool
-from .coco import _face_layout_to_lsp
+from .build import Annotations2D, PathLike, make_annotations
+from .coco import face_layout_to_lsp
 
 __all__ = [
     "PinnedPackage",
@@ -60,16 +57,17 @@ __all__ = [
     "BODY25B_FOR_LSP14",
     "MEDIAPIPE_FOR_LSP14",
     "POOL_SEQUENCES",
+    "POOL_MARGIN",
     "MOCAP_SEQUENCES",
-    "PrepareReport",
     "default_cache_dir",
     "sha256_file",
     "verify_file",
     "fetch_package",
     "extract_package",
     "cache_ready",
-    "prepare",
-    "save_real_cache",
+    "cache_dir",
+    "read_manifest",
+    "VideoFrames",
     "load_pose2sim_annotations",
     "load_sports2d_annotations",
     "sports2d_labels_path",
@@ -79,10 +77,16 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-"""Bumped whenever what :func:`prepare` builds changes: an older cache is then rebuilt."""
+"""Bumped whenever what :func:`gpumosaic.prepare.prepare` builds changes: an older cache is then rebuilt."""
 
-POOL_SIZE = 160
-"""Stored side S of the real pool's crops (the demo pool's size)."""
+POOL_SIZE = 256
+"""Stored side S of the real pool's crops. 256 with :data:`POOL_MARGIN` = 20 %: the joints span 154 px
+(the engine's 220 box spans them over 176 px, so a warp upsamples 1.14× instead of 1.375× at the former
+160 / 10 %), and rotated warps find real context instead of padding. Chosen by the fidelity benchmark
+(docs/fidelity.md); caches built before keep their 160-px crops until ``gpumosaic data prepare --force``."""
+
+POOL_MARGIN = 0.2
+"""Crop margin of the real pool as a fraction of :data:`POOL_SIZE` (``build_pool``'s default is 10 %)."""
 
 ENV_VAR = "GPUMOSAIC_CACHE"
 
@@ -166,7 +170,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "gpumosaic" / "real"
 
 
-def _cache(cache: PathLike | None) -> Path:
+def cache_dir(cache: PathLike | None = None) -> Path:
+    """``cache`` as a ``Path``, or :func:`default_cache_dir` when ``None``."""
     return default_cache_dir() if cache is None else Path(cache).expanduser()
 
 
@@ -312,16 +317,17 @@ MOCAP_SEQUENCES = {1: "pose2sim Balancing_for_IK.trc", 2: "pose2sim Standing_for
                         "jump", "kick", "punch", "roll", "run", "spin", "spinkick", "walk"))}}
 """Mocap provenance codes: ``id = code * 100000 + frame`` (DeepMimic clips in sorted name order)."""
 
-_ID_BASE = 100000
+ID_BASE = 100000
+"""Provenance ids are ``code * ID_BASE + frame``."""
 
 
 def _frame_path(video: Path, frame: int) -> Path:
-    """A pseudo path naming frame ``frame`` of ``video`` (read by :class:`_VideoFrames`)."""
+    """A pseudo path naming frame ``frame`` of ``video`` (read by :class:`VideoFrames`)."""
     return Path(f"{video}#{frame:06d}")
 
 
-class _VideoFrames:
-    """``read_image`` for :func:`build_pool`: decodes ``video#frame`` paths by reading each video forwards.
+class VideoFrames:
+    """``read_image`` for :func:`gpumosaic.pools.build_pool`: decodes ``video#frame`` paths by reading each video forwards.
 
     build_pool asks for frames in annotation order (sorted by video, then frame), so each video is decoded
     once; a request for an earlier frame reopens the video.
@@ -385,7 +391,7 @@ def load_pose2sim_annotations(files: PathLike, camera: int) -> Annotations2D:
 
     Returns:
         :class:`~gpumosaic.sources.build.Annotations2D` in video pixels; image paths are ``video#frame``
-        pseudo paths (decoded by :func:`prepare`); ids ``camera * 100000 + frame``.
+        pseudo paths (decoded by :func:`gpumosaic.prepare.prepare`); ids ``camera * 100000 + frame``.
     """
     if camera not in (1, 2, 3, 4):
         raise ValueError(f"Expected camera in 1..4, got {camera}")
@@ -429,8 +435,8 @@ def load_pose2sim_annotations(files: PathLike, camera: int) -> Annotations2D:
     reasons["no video frame"] = int((has_person & complete & inside & ~in_video).sum())
     notes = ["BODY_25B; neck = BODY_25B Neck (upper neck); head_top = BODY_25B Head (head top)."]
     paths = [_frame_path(video, int(f)) for f in frames]
-    return _annotations("pose2sim", folder, xy, np.ones(xy.shape[:2], bool), keep, paths,
-                        camera * _ID_BASE + frames, LSP14, LSP14, reasons, notes)
+    return make_annotations("pose2sim", folder, xy, np.ones(xy.shape[:2], bool), keep, paths,
+                        camera * ID_BASE + frames, LSP14, LSP14, reasons, notes)
 
 
 def sports2d_labels_path() -> Path:
@@ -487,7 +493,7 @@ def load_sports2d_annotations(video: PathLike, labels: PathLike | None = None, *
     inside = ((xy[..., 0] >= 0) & (xy[..., 0] <= width - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= height - 1)).all(1)
     confident = lm[:, list(MEDIAPIPE_FOR_LSP14), 2].mean(1) >= min_visibility
     present = np.ones((n, 33), bool)
-    joints, _, _, vis = _face_layout_to_lsp(lm[..., :2], present, lm[..., 2] >= 0.5, MEDIAPIPE_FOR_LSP14,
+    joints, _, _, vis = face_layout_to_lsp(lm[..., :2], present, lm[..., 2] >= 0.5, MEDIAPIPE_FOR_LSP14,
                                             _MEDIAPIPE_NECK, _MEDIAPIPE_FACE)
     extent = np.maximum(np.ptp(joints[..., 0], axis=1), np.ptp(joints[..., 1], axis=1))
     steady = np.zeros(n, bool)
@@ -506,8 +512,8 @@ def load_sports2d_annotations(video: PathLike, labels: PathLike | None = None, *
     notes = [f"MediaPipe Pose ({record['provenance']['labeller']}); neck = shoulders' midpoint; head_top "
              f"extrapolated from neck, nose, eyes and ears."]
     frames = np.arange(n)
-    return _annotations("sports2d", labels, joints, vis, keep, [_frame_path(video, f) for f in frames],
-                        5 * _ID_BASE + frames, LSP14, LSP14, reasons, notes)
+    return make_annotations("sports2d", labels, joints, vis, keep, [_frame_path(video, f) for f in frames],
+                        5 * ID_BASE + frames, LSP14, LSP14, reasons, notes)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -515,42 +521,8 @@ def load_sports2d_annotations(video: PathLike, labels: PathLike | None = None, *
 # --------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PrepareReport:
-    """What :func:`prepare` did.
-
-    Attributes:
-        cache: the cache folder.
-        skipped: the cache was already valid and nothing was rebuilt.
-        pool_size: N people in the pool.
-        mocap_size: M poses in the mocap.
-        counts: source -> (kept, total) entries.
-        seconds: stage -> wall-clock seconds (``fetch``, ``extract``, ``pool``, ``mocap``, ``total``).
-        missing_optional: optional packages that could not be fetched (test data only).
-    """
-
-    cache: Path
-    skipped: bool
-    pool_size: int
-    mocap_size: int
-    counts: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    seconds: Mapping[str, float] = field(default_factory=dict)
-    missing_optional: tuple[str, ...] = ()
-
-    def message(self) -> str:
-        if self.skipped:
-            return (f"real data already prepared in {self.cache} ({self.pool_size} pool images, "
-                    f"{self.mocap_size} mocap poses); --force rebuilds")
-        parts = ", ".join(f"{name} {kept}/{total}" for name, (kept, total) in self.counts.items())
-        times = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
-        text = (f"prepared real data in {self.cache}: pool {self.pool_size} images, mocap {self.mocap_size} poses "
-                f"(kept/total: {parts}); {times}")
-        if self.missing_optional:
-            text += f"; optional test data not fetched: {', '.join(self.missing_optional)}"
-        return text
-
-
-def _manifest(cache: Path) -> dict | None:
+def read_manifest(cache: Path) -> dict | None:
+    """The ``manifest.json`` of a prepared cache, or ``None`` when it is missing or unreadable."""
     try:
         return json.loads((cache / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -560,8 +532,8 @@ def _manifest(cache: Path) -> dict | None:
 def cache_ready(cache: PathLike | None = None) -> bool:
     """True when ``cache`` (default :func:`default_cache_dir`) holds a complete real pool and mocap built by this
     version from the pinned packages (manifest format, pinned hashes, and the two ``.npz`` files' sizes)."""
-    cache = _cache(cache)
-    manifest = _manifest(cache)
+    cache = cache_dir(cache)
+    manifest = read_manifest(cache)
     if not manifest or manifest.get("format_version") != FORMAT_VERSION:
         return False
     pins = {k: p.sha256 for k, p in PINNED.items() if not p.optional}
@@ -575,199 +547,8 @@ def cache_ready(cache: PathLike | None = None) -> bool:
     return True
 
 
-def _files_intact(files: Path, recorded: Mapping[str, str]) -> bool:
-    return bool(recorded) and all((files / rel).is_file() and sha256_file(files / rel) == h
-                                  for rel, h in recorded.items())
-
-
-def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
-
-
-def _bar(total: int, desc: str, unit: str, quiet: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True, mininterval=1.0)
-
-
-def _build_real_pool(files: Path, device, quiet: bool) -> tuple[Pool2D, dict, list[str]]:
-    counts, notes = {}, []
-    parts: list[Annotations2D] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the drops are counted in the reports and printed below
-        for cam in (1, 2, 3, 4):
-            ann = load_pose2sim_annotations(files, cam)
-            parts.append(ann)
-            counts[f"pose2sim cam{cam:02d}"] = (ann.report.kept, ann.report.total)
-            notes.append(ann.report.message())
-        ann = load_sports2d_annotations(files / "sports2d" / "demo.mp4")
-        parts.append(ann)
-        counts["sports2d"] = (ann.report.kept, ann.report.total)
-        notes.append(ann.report.message())
-    joints = torch.cat([a.joints for a in parts])
-    merged = Annotations2D(joints=joints, visible=torch.cat([a.visible for a in parts]),
-                           image_paths=tuple(p for a in parts for p in a.image_paths), skeleton=LSP14,
-                           ids=torch.cat([a.ids for a in parts]), report=parts[0].report)
-    bar = _bar(len(merged), "decoding video frames", "frame", quiet)
-    reader = _VideoFrames(bar.update)
-    try:
-        pool = build_pool(merged, POOL_SIZE, device=device, read_image=reader, chunk=32)
-    finally:
-        reader.close()
-        bar.close()
-    return pool.to("cpu"), counts, notes
-
-
-def _build_real_mocap(files: Path, build_dir: Path) -> tuple[Mocap3D, dict, list[str]]:
-    from .deepmimic import load_deepmimic
-    from .trc import load_trc
-
-    counts, notes, poses, ids = {}, [], [], []
-    for code, name in ((1, "Balancing_for_IK.trc"), (2, "Standing_for_Scaling.trc")):
-        loaded = load_trc(files / "pose2sim" / "trc" / name)
-        poses.append(loaded.mocap.poses)
-        ids.append(code * _ID_BASE + loaded.frame)
-        counts[f"trc {name}"] = (loaded.report.kept, loaded.report.total)
-        notes.append(loaded.report.message())
-    loaded = load_deepmimic(files / "pybullet" / "motions", urdf=files / "pybullet" / "humanoid.urdf")
-    names = [Path(s).name for s in loaded.sequences]
-    expected = [v.split(" ", 1)[1] for k, v in MOCAP_SEQUENCES.items() if k >= 10]
-    if names != expected:
-        raise ValueError(f"Expected the DeepMimic clips {expected}, found {names}")
-    poses.append(loaded.mocap.poses)
-    ids.append((10 + loaded.sequence) * _ID_BASE + loaded.frame)
-    counts["deepmimic"] = (loaded.report.kept, loaded.report.total)
-    notes.append(loaded.report.message())
-    return Mocap3D(poses=torch.cat(poses), skeleton=LSP14, ids=torch.cat(ids)), counts, notes
-
-
-def prepare(cache: PathLike | None = None, *, force: bool = False, quiet: bool = False,
-            device: torch.device | str | None = None, log: Callable[[str], None] | None = None,
-            downloads: PathLike | None = None) -> PrepareReport:
-    """Fetch, verify, extract and build the real pool and mocap into ``cache`` (see the module docstring).
-
-    Idempotent: returns at once (``skipped=True``) when :func:`cache_ready`, unless ``force``. Downloads are
-    kept in ``cache/downloads`` (and reused when their hash is right); extracted files whose recorded hashes
-    still match are not extracted again.
-
-    Args:
-        cache: the cache folder (default :func:`default_cache_dir`).
-        force: rebuild even when the cache is valid.
-        quiet: no progress bars and no pip output.
-        device: where the pool crops are computed (default CPU); the saved arrays are host arrays.
-        log: receives one line per step (default: print to stderr).
-        downloads: folder for the distribution files (default ``cache/downloads``).
-
-    Raises:
-        RuntimeError: a required package could not be downloaded (e.g. offline).
-        HashMismatchError: a downloaded file does not match its pinned hash.
-    """
-    log = log or (lambda text: print(text, file=sys.stderr))
-    cache = _cache(cache)
-    if not force and cache_ready(cache):
-        m = _manifest(cache)
-        return PrepareReport(cache, True, m["outputs"]["pool.npz"]["n"], m["outputs"]["mocap.npz"]["n"])
-    start = time.perf_counter()
-    seconds: dict[str, float] = {}
-    cache.mkdir(parents=True, exist_ok=True)
-    files = cache / "files"
-    downloads = cache / "downloads" if downloads is None else Path(downloads)
-    old = _manifest(cache) or {}
-    recorded = old.get("files", {})
-    extracted: dict[str, dict[str, str]] = {}
-    missing_optional = []
-    t_fetch = t_extract = 0.0
-    for key, pin in PINNED.items():
-        mine = recorded.get(key, {})
-        if old.get("packages", {}).get(key) == pin.sha256 and _files_intact(files, mine):
-            extracted[key] = mine
-            log(f"{pin.requirement}: data files already extracted and intact")
-            continue
-        t0 = time.perf_counter()
-        try:
-            log(f"{pin.requirement}: fetching {pin.filename} (pip download --no-deps)")
-            archive = fetch_package(pin, downloads, quiet=quiet)
-        except RuntimeError as err:
-            if pin.optional:
-                missing_optional.append(pin.requirement)
-                log(f"{pin.requirement}: not fetched (optional, test data only): {err}")
-                continue
-            raise
-        t1 = time.perf_counter()
-        extracted[key] = extract_package(pin, archive, files)
-        t_fetch += t1 - t0
-        t_extract += time.perf_counter() - t1
-        log(f"{pin.requirement}: sha256 verified, extracted {len(extracted[key])} files")
-    seconds["fetch"], seconds["extract"] = t_fetch, t_extract
-    build_dir = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
-    try:
-        t0 = time.perf_counter()
-        pool, pool_counts, pool_notes = _build_real_pool(files, device, quiet)
-        seconds["pool"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        mocap, mocap_counts, mocap_notes = _build_real_mocap(files, build_dir)
-        seconds["mocap"] = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(build_dir, ignore_errors=True)
-    for line in pool_notes + mocap_notes:
-        log(line)
-    counts = {**pool_counts, **mocap_counts}
-    seconds["total"] = time.perf_counter() - start
-    save_real_cache(cache, pool, mocap, files=extracted, counts=counts, seconds=seconds,
-                    notes=pool_notes + mocap_notes)
-    return PrepareReport(cache, False, len(pool), len(mocap), counts, seconds, tuple(missing_optional))
-
-
-def save_real_cache(cache: PathLike, pool: Pool2D, mocap: Mocap3D, *, files: Mapping[str, Mapping[str, str]],
-                    counts: Mapping[str, tuple[int, int]] | None = None, seconds: Mapping[str, float] | None = None,
-                    notes: Sequence[str] = ()) -> None:
-    """Write ``pool.npz``, ``mocap.npz`` and ``manifest.json`` into ``cache`` (what :func:`prepare` ends with).
-
-    Args:
-        cache: the cache folder.
-        pool: LSP14 pool (uint8 images) to store; mocap: LSP14 poses.
-        files: package key of :data:`PINNED` -> {extracted file (relative to ``cache/files``): sha256}; the
-            manifest records the pinned hash of each of these packages (:func:`cache_ready` compares them).
-        counts, seconds, notes: recorded for provenance.
-    """
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    if pool.skeleton.name != LSP14.name or mocap.skeleton.name != LSP14.name:
-        raise ValueError(f"Expected LSP14 pool and mocap, got {pool.skeleton.name} and {mocap.skeleton.name}")
-    if pool.images.dtype != torch.uint8:
-        raise TypeError(f"Expected uint8 pool images, got {pool.images.dtype}")
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    common = {"format_version": FORMAT_VERSION, "skeleton": LSP14.name, "id_rule": "code * 100000 + frame",
-              "counts": dict(counts or {}), "reports": list(notes), "built": date}
-    pool_meta = {"format": "gpumosaic-real-pool", "image_size": list(pool.image_size),
-                 "sequences": {str(k): v for k, v in POOL_SEQUENCES.items()}, **common}
-    mocap_meta = {"format": "gpumosaic-real-mocap", "units": "m", "up": "z",
-                  "sequences": {str(k): v for k, v in MOCAP_SEQUENCES.items()}, **common}
-    (cache / "manifest.json").unlink(missing_ok=True)  # the cache is invalid while being rewritten
-    _save_npz(cache / "pool.npz", {"images": pool.images.cpu().numpy(), "joints": pool.joints.cpu().numpy(),
-                                   "ids": pool.ids.cpu().numpy(), "meta": np.array(json.dumps(pool_meta))})
-    _save_npz(cache / "mocap.npz", {"poses": mocap.poses.cpu().numpy(), "ids": mocap.ids.cpu().numpy(),
-                                    "meta": np.array(json.dumps(mocap_meta))})
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "packages": {k: PINNED[k].sha256 for k in files},
-        "files": {k: dict(v) for k, v in files.items()},
-        "outputs": {name: {"bytes": (cache / name).stat().st_size, "n": n, "sha256": sha256_file(cache / name)}
-                    for name, n in (("pool.npz", len(pool)), ("mocap.npz", len(mocap)))},
-        "counts": dict(counts or {}),
-        "seconds": dict(seconds or {}),
-        "built": date,
-    }
-    tmp = cache / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(cache / "manifest.json")
-
-
 def _require(cache: PathLike | None) -> Path:
-    cache = _cache(cache)
+    cache = cache_dir(cache)
     if not cache_ready(cache):
         raise FileNotFoundError(f"No prepared real data in {cache}; run `gpumosaic data prepare` (or use the demo "
                                 f"data: gpumosaic.sources.demo)")
@@ -787,11 +568,12 @@ def read_real_meta(cache: PathLike | None = None) -> dict:
     cache = _require(cache)
     return {"pool": json.loads(str(_read(cache / "pool.npz", ["meta"])["meta"])),
             "mocap": json.loads(str(_read(cache / "mocap.npz", ["meta"])["meta"])),
-            "manifest": _manifest(cache)}
+            "manifest": read_manifest(cache)}
 
 
 def load_real_pool(device: torch.device | str | None = None, cache: PathLike | None = None) -> Pool2D:
-    """The prepared real pool: N people, uint8 (N, 3, 160, 160) RGB crops, LSP14 joints (N, 14, 2) in stored
+    """The prepared real pool: N people, uint8 (N, 3, S, S) RGB crops (S = :data:`POOL_SIZE` = 256 when built by
+    this version; caches built before hold 160), LSP14 joints (N, 14, 2) in stored
     pixels, ids ``code * 100000 + frame`` (:data:`POOL_SEQUENCES`).
 
     Raises:

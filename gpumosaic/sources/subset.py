@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from .._check import check_finite, check_shape
-from ..camera import _torso_centre
 from ..skeleton import LSP14, Skeleton, get_skeleton
 from .base import Mocap3D
 
@@ -78,7 +77,7 @@ def diversity_subset(poses: torch.Tensor, skeleton: Skeleton | str = LSP14, thre
     """
     skeleton, threshold = _validate(poses, skeleton, threshold, rule, block, chunk)
     m = poses.shape[0]
-    aligned = poses - _torso_centre(poses, skeleton)[:, None]
+    aligned = poses - skeleton.torso_centre(poses)[:, None]
     kept = torch.empty_like(aligned)  # kept poses, packed at the front
     count = 0
     chosen = []

@@ -39,8 +39,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..skeleton import LSP14, Skeleton
-from .build import (DroppedEntriesWarning, LoadedMocap, PathLike, _apply_weights, _check_stride, _loaded_mocap, _name_weights,
-                    _source_files, _up_axis)
+from .build import (DroppedEntriesWarning, LoadedMocap, PathLike, apply_weights, check_stride, make_loaded_mocap, name_weights,
+                    source_files, to_z_up)
 from .coco import HEAD_TOP_FACTOR, extrapolate_head_top
 
 __all__ = ["TRC_JOINT_CANDIDATES", "TRC_UNITS", "read_trc", "load_trc"]
@@ -182,9 +182,9 @@ def load_trc(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float |
         :class:`~gpumosaic.sources.build.LoadedMocap`; frames with a gap in a used marker are dropped, and the
         frames a truncated file lacks are counted as dropped (see the module docstring).
     """
-    _check_stride(stride)
+    check_stride(stride)
     sequences, notes, before = [], [], {}
-    for file in _source_files(path, ".trc"):
+    for file in source_files(path, ".trc"):
         parsed = _parse_trc(file)
         markers, xyz, units = parsed.names, parsed.xyz, parsed.units
         for why, n in parsed.dropped(stride).items():
@@ -198,8 +198,8 @@ def load_trc(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float |
             metres = TRC_UNITS[units.lower()]
         else:
             metres = float(scale)
-        weights, missing = _name_weights(markers, TRC_JOINT_CANDIDATES, joint_map, file, optional=("head_top",))
-        lsp = _apply_weights(weights, xyz)
+        weights, missing = name_weights(markers, TRC_JOINT_CANDIDATES, joint_map, file, optional=("head_top",))
+        lsp = apply_weights(weights, xyz)
         if missing:
             lower = {m.lower(): i for i, m in enumerate(markers)}
             face_idx = [lower.get(n.lower()) for n in _FACE]
@@ -209,6 +209,6 @@ def load_trc(path: PathLike, *, skeleton: Skeleton | str = LSP14, scale: float |
             face = np.stack([xyz[:, i] if i is not None else np.full_like(xyz[:, 0], np.nan) for i in face_idx], 1)
             lsp[:, 13] = extrapolate_head_top(lsp[:, 12], np.nan_to_num(face), np.isfinite(face).all(-1))
             notes.append(f"{file.name}: head_top = neck + {HEAD_TOP_FACTOR}·(ears' midpoint or face mean - neck).")
-        sequences.append((str(file), _up_axis(lsp * metres, up, file)))
-    return _loaded_mocap("trc", path, sequences, stride, LSP14, skeleton, "gap in a used marker", notes,
+        sequences.append((str(file), to_z_up(lsp * metres, up, file)))
+    return make_loaded_mocap("trc", path, sequences, stride, LSP14, skeleton, "gap in a used marker", notes,
                          dropped_before=before)

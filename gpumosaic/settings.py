@@ -1,0 +1,210 @@
+"""Settings, one frozen dataclass per concern, with every default resolved here and nowhere else.
+
+* :class:`MosaicSettings`: the synthesis engine (DESIGN.md steps 4–8): output size, α, β, σ, the box margin
+  in **pixels**, mirroring, warps, soft mode.
+* :class:`ViewSettings`: the virtual cameras (DESIGN.md steps 2–3): views per pose, azimuth and elevation
+  ranges, camera distance and focal length, and the self-occlusion capsule radius and depth tolerance in
+  **metres** (``occlusion_margin``; not to be confused with the box margin in pixels).
+
+``None`` fields are resolved in ``__post_init__`` (e.g. ``sigma=None`` becomes ``7.5 · size / 220``), so a
+settings object read anywhere holds final values. :class:`~gpumosaic.MosaicEngine`,
+:class:`~gpumosaic.OnlineMosaicDataset`, :func:`gpumosaic.export.export_shards` and the reference engine
+take these objects; the engine's keyword arguments are a shorthand for ``settings=MosaicSettings(...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .geometry import default_margin
+
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER", "MosaicSettings", "ViewSettings", "check_view_ranges"]
+
+DEFAULT_SIGMA = 7.5
+"""Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
+
+Chosen by ``benchmarks/sigma_ablation.py`` (docs/engine.md): limb agreement of the copy-paste mosaic peaks
+on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
+
+
+DEFAULT_ALPHA = 1.0
+"""Default α of Eq. 7 (window side on the skeleton, px at S = 220); the paper's value is 6 (:data:`PAPER`).
+
+Chosen by the fidelity benchmark (docs/fidelity.md, issue 13): with α = 6 about half of the body's pixels are
+cross-fades of two or more misaligned sources (the index map is fragmented on the body) and an independent
+detector finds the person in far fewer blended mosaics than copy-paste ones; α = 1 keeps seams sharp on the
+body (3×3 windows within 12 px of a bone) while β still smooths the background."""
+
+PAPER = {"alpha": 6.0, "beta": 0.25, "padding_mode": "border", "mask_outside": False, "compat_weight": 0.0}
+"""The paper's blending settings and the original implementation choices (``MosaicEngine(pool, **PAPER)``,
+``--paper`` on the command line): α = 6, β = 0.25 (Rogez & Schmid, Eq. 7), border replication, no mask, the
+paper's per-joint retrieval."""
+
+
+@dataclass(frozen=True)
+class MosaicSettings:
+    """Settings of the synthesis engine: the paper's equations, with defaults chosen by measurement where the
+    paper gives none or where the fidelity benchmark (docs/fidelity.md) chose another value (α, padding,
+    mask); :data:`PAPER` restores the paper's.
+
+    Attributes:
+        size: S, side of the square output in pixels (paper: 220).
+        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper: 6; default
+            :data:`DEFAULT_ALPHA` = 1, chosen by the fidelity benchmark).
+        beta: β of Eq. 7, window growth per pixel of distance to the skeleton (paper: 0.25).
+        sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
+            ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).
+        margin: ``fit_to_box`` margin in box **pixels**; ``None`` means
+            :func:`~gpumosaic.geometry.default_margin` (10 % of ``size``).
+        mirror: double the pool virtually with mirrored entries (flip + left/right permutation).
+        padding_mode: how warps sample outside the stored image: ``"reflection"`` (mirror the image about its
+            edges: real content, no streaks; default), ``"border"`` (replicate the edge: streaks; the
+            original choice) or ``"zeros"``.
+        blend: run pose-aware blending; ``False`` returns the copy-paste mosaic as ``images``.
+        mask_outside: beyond the paper (issue 13): a match whose warp samples outside its stored image (pure
+            padding) never wins a pixel that another match fills with real content, and is left out of the
+            blend there (:func:`~gpumosaic.warp.source_inside`, ``index_map(valid=)``, ``mask_weights``).
+            Default ``True`` (chosen by the fidelity benchmark). Hard mode only: soft mode ignores it.
+        compat_weight: λ >= 0 of a pairwise image-compatibility term (beyond the paper, its future work;
+            :mod:`gpumosaic.pairwise`): retrieval minimises ``Σ_j D_j(p, m_j) + λ·Σ_bones [m_j ≠ m_k]`` exactly
+            (dynamic programming on the kinematic tree), so neighbouring joints prefer the same source image.
+            In px of Eq. 3; 0 (default) is the paper's per-joint argmin (Eq. 4). Needs every D_j: (B, J, Nv)
+            distances per batch.
+        warp_chunk: warps per chunk (bounds memory; not a semantic setting).
+        retrieval_budget: bytes of intermediate distance tensors per retrieval chunk.
+        soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
+            log-probability maps at temperature τ instead of the argmax, smooth skeleton distance and
+            smooth windows, so mosaics have gradients w.r.t. the query joints (matches stay discrete).
+            ``False`` (default): the paper's hard engine.
+        temperature: τ > 0 of soft mode (ignored in hard mode): τ = 1 mixes the warps in proportion to
+            their probabilities, τ → 0 tends to hard mode.
+        warps: how the hard engine samples the matched images. ``"dense"``: warp every match over the whole
+            frame (``warped`` is returned). ``"sparse"``: sample each pixel only from the matches whose
+            weight there is non-zero (:func:`~gpumosaic.warp.warp_blend_sparse`; the same mosaics up to float
+            rounding, several times less work, ``warped`` is ``None``: :meth:`MosaicEngine.warp_matches`
+            recomputes it); it finds the non-zero weights with ``nonzero``, a host sync on CUDA.
+            ``"auto"`` (default): sparse on the CPU, dense on CUDA.
+    """
+
+    size: int = 220
+    alpha: float = DEFAULT_ALPHA
+    beta: float = 0.25
+    sigma: float | None = None
+    margin: float | None = None
+    mirror: bool = True
+    padding_mode: str = "reflection"
+    blend: bool = True
+    mask_outside: bool = True
+    compat_weight: float = 0.0
+    warp_chunk: int = 256
+    retrieval_budget: int = 4 << 20
+    soft: bool = False
+    temperature: float = 1.0
+    warps: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"Expected size >= 8, got {self.size}")
+        if self.sigma is None:
+            object.__setattr__(self, "sigma", DEFAULT_SIGMA * self.size / 220.0)
+        if self.sigma <= 0:
+            raise ValueError(f"Expected sigma > 0, got {self.sigma}")
+        if self.margin is None:
+            object.__setattr__(self, "margin", default_margin(self.size))
+        if not 0 <= 2 * self.margin < self.size:
+            raise ValueError(f"Expected 0 <= 2*margin < size, got margin={self.margin}, size={self.size}")
+        if self.alpha < 1 or self.beta < 0:
+            raise ValueError(f"Expected alpha >= 1 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if self.padding_mode not in ("border", "zeros", "reflection"):
+            raise ValueError(f"Expected padding_mode 'border', 'zeros' or 'reflection', got {self.padding_mode!r}")
+        if not 0 <= self.compat_weight < float("inf"):
+            raise ValueError(f"Expected a finite compat_weight >= 0, got {self.compat_weight}")
+        if self.warps not in ("auto", "dense", "sparse"):
+            raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"Expected a finite temperature > 0, got {self.temperature}")
+        for value, name in ((self.warp_chunk, "warp_chunk"), (self.retrieval_budget, "retrieval_budget")):
+            if isinstance(value, bool) or int(value) != value or value <= 0:
+                raise ValueError(f"Expected {name} to be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_options(cls, settings: "MosaicSettings | None" = None, **options) -> "MosaicSettings":
+        """``settings``, or a new one from the given fields (``None`` values mean "the default").
+
+        Raises ``TypeError`` naming the argument when both ``settings`` and a field are given (a field would
+        silently override a resolved default such as ``sigma``) or when a name is not a field.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"Expected MosaicSettings fields, got unknown argument(s) {unknown}")
+        given = {k: v for k, v in options.items() if v is not None}
+        if settings is not None:
+            if given:
+                raise TypeError(f"Expected settings or keyword arguments, not both: got settings and {sorted(given)}")
+            if not isinstance(settings, cls):
+                raise TypeError(f"Expected settings to be a MosaicSettings, got {type(settings).__name__}")
+            return settings
+        return cls(**given)
+
+
+def check_view_ranges(azimuth_range, elevation_range) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Validate view ranges in degrees: finite ``(lo, hi)`` pairs, ``lo <= hi``, elevation within ±90°."""
+    try:
+        (alo, ahi), (elo, ehi) = (tuple(map(float, azimuth_range)), tuple(map(float, elevation_range)))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Expected (lo, hi) pairs, got azimuth_range={azimuth_range!r}, elevation_range={elevation_range!r}"
+        ) from None
+    if not all(math.isfinite(v) for v in (alo, ahi, elo, ehi)) or alo > ahi or elo > ehi:
+        raise ValueError(
+            f"Expected finite (lo, hi) ranges with lo <= hi, got azimuth_range={tuple(azimuth_range)}, "
+            f"elevation_range={tuple(elevation_range)}"
+        )
+    if elo < -90 or ehi > 90:
+        raise ValueError(f"Expected elevation_range within [-90, 90], got {tuple(elevation_range)}")
+    return (alo, ahi), (elo, ehi)
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """The virtual cameras of DESIGN.md steps 2–3 (the paper's defaults), shared by camera, dataset, export.
+
+    Attributes:
+        views_per_pose: V cameras per mocap pose (paper: 180).
+        azimuth_range: ``(lo, hi)`` degrees, azimuth ~ U[lo, hi) (paper: (0, 360)).
+        elevation_range: ``(lo, hi)`` degrees within [-90, 90], elevation ~ U[lo, hi] (paper: (-45, 45)).
+        distance: camera distance to the torso centre, metres (> every joint's distance from it).
+        focal: focal length in pixels (perspective strength; ``fit_to_box`` removes the scale).
+        limb_radius: self-occlusion capsule radius, metres (:func:`gpumosaic.camera.self_occlusion`).
+        occlusion_margin: self-occlusion depth tolerance, **metres** (a joint is hidden only by a body part
+            more than this much in front of it).
+    """
+
+    views_per_pose: int = 180
+    azimuth_range: tuple[float, float] = (0.0, 360.0)
+    elevation_range: tuple[float, float] = (-45.0, 45.0)
+    distance: float = 5.0
+    focal: float = 1000.0
+    limb_radius: float = 0.05
+    occlusion_margin: float = 0.02
+
+    def __post_init__(self) -> None:
+        v = self.views_per_pose
+        if isinstance(v, bool) or int(v) != v or v <= 0:
+            raise ValueError(f"Expected views_per_pose to be a positive integer, got {v!r}")
+        object.__setattr__(self, "views_per_pose", int(v))
+        az, el = check_view_ranges(self.azimuth_range, self.elevation_range)
+        object.__setattr__(self, "azimuth_range", az)
+        object.__setattr__(self, "elevation_range", el)
+        for name in ("distance", "focal"):
+            value = getattr(self, name)
+            if not (math.isfinite(float(value)) and float(value) > 0):
+                raise ValueError(f"Expected a finite {name} > 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ("limb_radius", "occlusion_margin"):
+            value = getattr(self, name)
+            if not (math.isfinite(float(value)) and float(value) >= 0):
+                raise ValueError(f"Expected a finite {name} >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
