@@ -42,15 +42,21 @@ import torch  # noqa: E402
 __all__ = ["main", "build_parser"]
 
 
-_PAPER_HELP = ("the paper's blending settings (alpha 6, beta 0.25, border replication, no out-of-image mask) "
-               "instead of the defaults chosen by the fidelity benchmark (docs/fidelity.md)")
+_PAPER_HELP = ("the paper's blending and original implementation choices (alpha 6, beta 0.25, border "
+               "replication, no out-of-image mask) instead of the padding and mask chosen by the fidelity "
+               "benchmark (docs/fidelity.md)")
+_ALPHA_HELP = ("alpha of Eq. 7, the blend window side on the skeleton in px (default: the paper's 6; 1 is the "
+               "fidelity benchmark's choice, sharp seams on the body: docs/fidelity.md)")
 
 
 def _paper(args) -> dict:
-    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`), or none."""
+    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`) and ``--alpha``, or none."""
     from .settings import PAPER
 
-    return dict(PAPER) if getattr(args, "paper", False) else {}
+    keywords = dict(PAPER) if getattr(args, "paper", False) else {}
+    if getattr(args, "alpha", None) is not None:
+        keywords["alpha"] = args.alpha
+    return keywords
 
 
 def _device(name: str) -> torch.device:
@@ -171,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     gen.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
     gen.add_argument("--paper", action="store_true", help=_PAPER_HELP)
+    gen.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(gen)
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     pre.add_argument("--seed", type=int, default=0, help="random seed of the query pose and view")
     pre.add_argument("--paper", action="store_true", help=_PAPER_HELP)
+    pre.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
     pre.add_argument("--no-fidelity", action="store_true",
                      help="skip the independent detector's score even when $GPUMOSAIC_DETECTOR_PYTHON is set")
     _add_source_options(pre)
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--batch-size", type=int, default=16, help="mosaics per engine call")
     exp.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
     exp.add_argument("--paper", action="store_true", help=_PAPER_HELP)
+    exp.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 from .geometry import default_margin
 
-__all__ = ["DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER", "MosaicSettings", "ViewSettings", "check_view_ranges"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER", "FIDELITY", "MosaicSettings", "ViewSettings", "check_view_ranges"]
 
 DEFAULT_SIGMA = 7.5
 """Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
@@ -28,13 +28,18 @@ Chosen by ``benchmarks/sigma_ablation.py`` (docs/engine.md): limb agreement of t
 on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
 
 
-DEFAULT_ALPHA = 1.0
-"""Default α of Eq. 7 (window side on the skeleton, px at S = 220); the paper's value is 6 (:data:`PAPER`).
+DEFAULT_ALPHA = 6.0
+"""Default α of Eq. 7 (window side on the skeleton, px at S = 220): the paper's value, 6.
 
-Chosen by the fidelity benchmark (docs/fidelity.md, issue 13): with α = 6 about half of the body's pixels are
-cross-fades of two or more misaligned sources (the index map is fragmented on the body) and an independent
-detector finds the person in far fewer blended mosaics than copy-paste ones; α = 1 keeps seams sharp on the
-body (3×3 windows within 12 px of a bone) while β still smooths the background."""
+The fidelity benchmark (docs/fidelity.md, issue 13) measured that with α = 6 about half of the body's pixels
+are cross-fades of two or more misaligned sources and an independent detector finds the person in fewer
+blended mosaics than copy-paste ones; α = 1 (:data:`FIDELITY`, ``--alpha 1``) removes that loss. The paper's
+value stays the default (deviations from the paper are options, never silent defaults)."""
+
+FIDELITY = {"alpha": 1.0}
+"""The blending chosen by the fidelity benchmark (docs/fidelity.md): α = 1 (3×3 windows on the skeleton, sharp
+seams on the body) with β = 0.25 still smoothing the background. ``MosaicEngine(pool, **FIDELITY)``, or
+``--alpha 1`` on the command line."""
 
 PAPER = {"alpha": 6.0, "beta": 0.25, "padding_mode": "border", "mask_outside": False, "compat_weight": 0.0}
 """The paper's blending settings and the original implementation choices (``MosaicEngine(pool, **PAPER)``,
@@ -45,13 +50,13 @@ paper's per-joint retrieval."""
 @dataclass(frozen=True)
 class MosaicSettings:
     """Settings of the synthesis engine: the paper's equations, with defaults chosen by measurement where the
-    paper gives none or where the fidelity benchmark (docs/fidelity.md) chose another value (α, padding,
-    mask); :data:`PAPER` restores the paper's.
+    paper gives none (padding, out-of-image mask: chosen by the fidelity benchmark, docs/fidelity.md);
+    :data:`PAPER` restores the original implementation choices too, :data:`FIDELITY` gives α = 1.
 
     Attributes:
         size: S, side of the square output in pixels (paper: 220).
-        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper: 6; default
-            :data:`DEFAULT_ALPHA` = 1, chosen by the fidelity benchmark).
+        alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper and default: 6;
+            :data:`FIDELITY` = 1, chosen by the fidelity benchmark, keeps body seams sharp).
         beta: β of Eq. 7, window growth per pixel of distance to the skeleton (paper: 0.25).
         sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
             ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).

@@ -279,7 +279,8 @@ def test_engine_soft_flag_runs_the_functional_core(device):
     for name in ("images", "mosaic_unblended", "weights", "distance", "probability", "warped"):
         torch.testing.assert_close(getattr(res, name), getattr(ref, name))
     torch.testing.assert_close(res.matches, ref.matches)
-    hard = MosaicEngine(pool, size=24, device=device)(q)
+    # soft mode ignores the hard-mode-only out-of-image mask: compare with the plain argmax of Eq. 5
+    hard = MosaicEngine(pool, size=24, device=device, mask_outside=False)(q)
     torch.testing.assert_close(res.matches, hard.matches)  # retrieval is the hard engine's
     torch.testing.assert_close(res.index_map, hard.index_map)
     torch.testing.assert_close(res.weights.sum(1), torch.ones_like(res.weights[:, 0]))
@@ -290,7 +291,8 @@ def test_soft_tends_to_hard_as_temperature_falls():
     pool = _pool(n=5, h=48, w=40, seed=8, dtype=torch.uint8)
     q = torch.cat([_query(pool, k, seed=10 + k, dtype=torch.float64, noise=2.0) for k in range(3)])
     s = 40
-    hard = MosaicEngine(pool, settings=MosaicSettings(size=s)).__call__(q.float())
+    # soft mode ignores the hard-mode-only out-of-image mask: the limit is the hard engine without it
+    hard = MosaicEngine(pool, settings=MosaicSettings(size=s, mask_outside=False)).__call__(q.float())
     eng = MosaicEngine(pool, size=s)
     taus = (1.0, 0.3, 0.1, 0.03, 1e-4)
     res = {t: soft_mosaic(eng, q.float(), temperature=t) for t in taus}
