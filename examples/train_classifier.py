@@ -1,6 +1,7 @@
 """Train the K-way pose classifier of Rogez & Schmid (IJCV 2018, §3–4) on on-the-fly mosaics.
 
-The training stream is :class:`gpumosaic.OnlineMosaicDataset` over the shipped demo data: every batch is
+The training stream is :class:`gpumosaic.OnlineMosaicDataset` over the ``--pool`` / ``--mocap`` sources
+(default: the prepared real data, else the shipped demo data; the log names them): every batch is
 synthesised on ``--device`` from (training pose, view) pairs and labelled with its pose class. Evaluation
 uses views of **held-out** 3D poses (whole demo subjects the model never saw) and prints the paper's
 metrics: classification rate, top-k rate and top-k oracle, MPJPE and PA-MPJPE (mm) of the decoded class mean
@@ -55,10 +56,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gpumosaic import Mocap3D, MosaicSettings, ViewSettings
-from gpumosaic.camera import look_at, project, torso_centre, view_angles
 from gpumosaic.classes import PoseClasses
 from gpumosaic.dataset import OnlineMosaicDataset
-from gpumosaic.geometry import fit_to_box
 from gpumosaic.metrics import (
     MM_PER_M,
     classification_rate,
@@ -70,6 +69,7 @@ from gpumosaic.metrics import (
     topk_rate,
 )
 from gpumosaic.models import PoseClassifier
+from gpumosaic.train import class_training_poses, classes_from_state, classes_state
 
 CHECKPOINT_FORMAT = "gpumosaic.examples.train_classifier"
 CHECKPOINT_VERSION = 1
@@ -228,45 +228,7 @@ def split_mocap(mocap: Mocap3D, heldout_subjects: int, train_poses: int | None =
     return subset(train_idx), subset(test_idx)
 
 
-def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Oriented 3D poses and box 2D poses of every training pose from views ``0..views-1``.
-
-    Uses the dataset's camera scheme (hashed angles, look-at camera at ``ds.distance``, focal ``ds.focal``,
-    ``fit_to_box`` with the engine's margin), so these are exactly the labels of those training pairs.
-
-    Returns:
-        ``(pose3d (M·views, J, 3) metres, pose2d (M·views, J, 2) box px)`` on the dataset's device.
-    """
-    poses = ds.poses  # (M, J, 3) world metres, on ds.device
-    m = torch.arange(poses.shape[0], device=poses.device)[:, None]
-    v = torch.arange(views, device=poses.device)[None, :]
-    az, el = view_angles(m, v, ds.seed, ds.views)  # (M, V)
-    target = torso_centre(poses, ds.skeleton)[:, None, :]  # (M, 1, 3)
-    R, t = look_at(target, az, el, ds.distance)  # (M, V, 3, 3), (M, V, 3)
-    # Camera frame p_cam = R p + t, then the oriented pose (torso-centred), as the dataset computes them.
-    cam = torch.einsum("...ij,...kj->...ki", R, poses[:, None]) + t[..., None, :]  # (M, V, J, 3)
-    pose3d = cam - torso_centre(cam, ds.skeleton)[..., None, :]
-    settings = ds.engine.settings
-    pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, settings.margin)
-    j = poses.shape[1]
-    return pose3d.reshape(-1, j, 3), pose2d.reshape(-1, j, 2)
-
-
-def _classes_state(classes: PoseClasses) -> dict:
-    return {
-        "centres": classes.centres.detach().cpu(),
-        "mean_pose3d": classes.mean_pose3d.detach().cpu(),
-        "mean_pose2d": classes.mean_pose2d.detach().cpu(),
-        "counts": classes.counts.detach().cpu(),
-        "skeleton": classes.skeleton,
-    }
-
-
-def _classes_from_state(state: dict, device: torch.device) -> PoseClasses:
-    return PoseClasses(
-        centres=state["centres"], mean_pose3d=state["mean_pose3d"], mean_pose2d=state["mean_pose2d"],
-        counts=state["counts"], skeleton=state["skeleton"],
-    ).to(device)
+# class_training_poses, classes_state and classes_from_state are gpumosaic.train's (one implementation).
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -487,7 +449,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
 
     # Data: the default sources of the `gpumosaic` command (the prepared real data, else the demo), mocap
     # split by subject (demo subjects; real-data sequences: both are ``ids // 100000``).
-    from gpumosaic.cli import load_sources
+    from gpumosaic.cli import default_source, load_sources
 
     pool, mocap = load_sources(args.pool, args.mocap, device)
     train_mocap, test_mocap = split_mocap(mocap, args.heldout_subjects, args.train_poses or None)
@@ -502,14 +464,15 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
                                 device=device, seed=args.seed, engine=MosaicSettings(size=args.size),
                                 batches_per_epoch=per_epoch,
                                 drop_last=True, rank=rank, world_size=world)
-    say(f"demo data: {len(pool)} pool images; mocap {M} training poses, {len(test_mocap)} held-out poses "
+    sources = f"pool {args.pool or default_source()}, mocap {args.mocap or default_source()}"
+    say(f"data ({sources}): {len(pool)} pool images; mocap {M} training poses, {len(test_mocap)} held-out poses "
         f"(last {args.heldout_subjects} subjects); {world} rank(s) x {per_epoch} batches of "
         f"{args.batch_size} per epoch; device {device}")
 
     # Pose classes: fitted on rank 0 (or restored from the checkpoint), then shared.
     t0 = time.perf_counter()
     if resume is not None:
-        classes = _classes_from_state(resume["classes"], device)
+        classes = classes_from_state(resume["classes"], device)
         say(f"pose classes: K={classes.num_classes} restored from {args.resume}")
     else:
         if args.classes > M * args.class_views:
@@ -520,12 +483,12 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
             gen = torch.Generator(device=device).manual_seed(args.seed)
             fitted = PoseClasses.fit(pose3d, pose2d, k=args.classes, generator=gen, skeleton=ds.skeleton,
                                      progress=False)
-            state = _classes_state(fitted)
+            state = classes_state(fitted)
         if _distributed():
             box = [state]
             dist.broadcast_object_list(box, src=0)
             state = box[0]
-        classes = _classes_from_state(state, device)
+        classes = classes_from_state(state, device)
         say(f"pose classes: K={classes.num_classes} from {M} poses x {args.class_views} views "
             f"({time.perf_counter() - t0:.1f} s); largest class {int(classes.counts.max())}, "
             f"smallest {int(classes.counts.min())}")
@@ -599,7 +562,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config,
             "step": step, "epoch": e, "batch_in_epoch": b,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "classes": _classes_state(classes), "history": history, "evals": evals,
+            "rng": rng, "classes": classes_state(classes), "history": history, "evals": evals,
         })
         say(f"  saved {path}")
 

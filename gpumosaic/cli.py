@@ -3,11 +3,13 @@
 ``gpumosaic generate --n N --out DIR``: N mosaics with their annotations; ``gpumosaic preview --out FIG.png``:
 the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-size S``: N mosaics as resumable
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
-fetch and build the real default data (:mod:`gpumosaic.prepare`); ``gpumosaic evaluate --test KIND:PATH
---checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`); ``gpumosaic predict
-IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
+fetch and build the real default data (:mod:`gpumosaic.prepare`); ``gpumosaic train --out DIR``: train the
+pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`); ``gpumosaic evaluate
+--test KIND:PATH --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
+``gpumosaic predict IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
 
-Sources: ``--pool KIND:PATH`` and ``--mocap KIND:PATH`` pick the 2D pool and the 3D mocap (KIND one of
+Sources: ``--pool KIND:PATH[:SELECTOR]`` and ``--mocap KIND:PATH[:SELECTOR]`` pick the 2D pool and the 3D
+mocap and optionally part of it (:mod:`gpumosaic.sources.select`, e.g. ``real::camera=1-3,frame=0-49``; KIND one of
 :data:`~gpumosaic.sources.build.POOL_KINDS` / :data:`~gpumosaic.sources.build.MOCAP_KINDS`, or ``demo`` /
 ``real``, whose PATH is optional: ``demo`` reads the embedded demo ``.npz`` or PATH, ``real`` the prepared
 cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`` pass loader keywords. Without
@@ -141,12 +143,13 @@ SPECIAL_KINDS = ("demo", "real")
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     from .sources.build import MOCAP_KINDS, POOL_KINDS
 
-    parser.add_argument("--pool", metavar="KIND:PATH", default=None,
+    parser.add_argument("--pool", metavar="KIND:PATH[:SELECTOR]", default=None,
                         help=f"2D pool source, KIND one of {', '.join(sorted(POOL_KINDS) + list(SPECIAL_KINDS))} "
-                             f"(default: real data if prepared, else demo)")
-    parser.add_argument("--mocap", metavar="KIND:PATH", default=None,
+                             f"(default: real data if prepared, else demo); SELECTOR keeps part of it, e.g. "
+                             f"real::camera=1-3,frame=0-49 (docs/data.md)")
+    parser.add_argument("--mocap", metavar="KIND:PATH[:SELECTOR]", default=None,
                         help=f"3D mocap source, KIND one of {', '.join(sorted(MOCAP_KINDS) + list(SPECIAL_KINDS))} "
-                             f"(default: real data if prepared, else demo)")
+                             f"(default: real data if prepared, else demo); SELECTOR e.g. real::clip=10-24")
     parser.add_argument("--pool-option", metavar="KEY=VALUE", action="append", default=[],
                         help="keyword for the pool loader (repeatable; VALUE read as JSON when it parses, "
                              "e.g. image_dir=/data/frames or stride=2)")
@@ -213,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(exp)
 
+    from .cli_train import add_train_parser
+
+    _add_source_options(add_train_parser(sub))
+
     data = sub.add_parser("data", help="manage the real default data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="fetch the pinned packages, verify them and build the real pool "
@@ -275,15 +282,13 @@ def _options(items: list[str], flag: str) -> dict:
     return out
 
 
-def _split_source(spec: str, flag: str) -> tuple[str, Path | None]:
-    """``KIND:PATH`` -> (kind, path); ``demo`` / ``real`` may omit the path."""
-    from .sources.build import parse_source
+def _split_source(spec: str, flag: str):
+    """``KIND[:PATH][:SELECTOR]`` -> :class:`~gpumosaic.sources.select.SourceSpec`; ``demo`` / ``real`` may omit
+    the path (``real``, ``real:``, ``real::camera=1-3``)."""
+    from .sources.select import parse_source_spec
 
-    kind, sep, rest = spec.partition(":")
-    if kind.lower() in SPECIAL_KINDS and not rest:
-        return kind.lower(), None
     try:
-        return parse_source(spec)
+        return parse_source_spec(spec, optional_path=SPECIAL_KINDS)
     except ValueError as err:
         raise SystemExit(f"error: {flag}: {err}") from None
 
@@ -295,18 +300,61 @@ def default_source() -> str:
     return "real" if cache_ready() else "demo"
 
 
+def load_pool_source(spec: str, device: torch.device, options: dict | None = None, flag: str = "--pool"):
+    """One ``KIND[:PATH][:SELECTOR]`` pool spec -> :class:`~gpumosaic.sources.base.Pool2D` on ``device``."""
+    from .pools import load_pool
+    from .sources.build import POOL_KINDS
+    from .sources.demo import load_demo_pool
+    from .sources.real import load_real_pool
+    from .sources.select import select_pool
+
+    src = _split_source(spec, flag)
+    if src.kind not in POOL_KINDS and src.kind not in SPECIAL_KINDS:
+        raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
+                         f"{sorted(POOL_KINDS) + list(SPECIAL_KINDS)}")
+    try:
+        if src.kind == "demo":
+            data = load_demo_pool(device=device, path=src.path)
+        elif src.kind == "real":
+            data = load_real_pool(device=device, cache=src.path)
+        else:  # selected before cropping
+            return load_pool(src.kind, src.path, device=device, selection=src.selection, **(options or {}))
+        return data if src.selection is None else select_pool(data, src.selection)
+    except (OSError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {flag}: {err}") from None
+
+
+def load_mocap_source(spec: str, device: torch.device, options: dict | None = None, flag: str = "--mocap"):
+    """One ``KIND[:PATH][:SELECTOR]`` mocap spec -> :class:`~gpumosaic.sources.base.Mocap3D` on ``device``."""
+    from .sources.build import MOCAP_KINDS, load_mocap
+    from .sources.demo import load_demo_mocap
+    from .sources.real import load_real_mocap
+    from .sources.select import select_mocap
+
+    src = _split_source(spec, flag)
+    if src.kind not in MOCAP_KINDS and src.kind not in SPECIAL_KINDS:
+        raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
+                         f"{sorted(MOCAP_KINDS) + list(SPECIAL_KINDS)}")
+    try:
+        if src.kind == "demo":
+            data = load_demo_mocap(device=device, path=src.path)
+        elif src.kind == "real":
+            data = load_real_mocap(device=device, cache=src.path)
+        else:  # the loader's own sequence and frame numbers
+            return load_mocap(src.kind, src.path, device=device, selection=src.selection, **(options or {}))
+        return data if src.selection is None else select_mocap(data, src.selection)
+    except (OSError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {flag}: {err}") from None
+
+
 def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool_options: dict | None = None,
                  mocap_options: dict | None = None, notice=None):
-    """Resolve ``--pool`` / ``--mocap`` specs into ``(Pool2D, Mocap3D)`` on ``device``.
+    """Resolve ``--pool`` / ``--mocap`` specs (``KIND[:PATH][:SELECTOR]``, see
+    :func:`gpumosaic.sources.select.parse_source_spec`) into ``(Pool2D, Mocap3D)`` on ``device``.
 
     A missing spec takes the default source (:func:`default_source`); falling back to the demo data prints a
     one-line notice through ``notice`` (default: stderr).
     """
-    from .pools import load_pool
-    from .sources.build import MOCAP_KINDS, POOL_KINDS, load_mocap
-    from .sources.demo import load_demo_mocap, load_demo_pool
-    from .sources.real import load_real_mocap, load_real_pool
-
     notice = notice or (lambda text: print(text, file=sys.stderr))
     if pool is None or mocap is None:
         default = default_source()
@@ -315,30 +363,8 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
                    "demo data")
         pool = pool or default
         mocap = mocap or default
-    pool_kind, pool_path = _split_source(pool, "--pool")
-    mocap_kind, mocap_path = _split_source(mocap, "--mocap")
-    if pool_kind not in POOL_KINDS and pool_kind not in SPECIAL_KINDS:
-        raise SystemExit(f"error: --pool: unknown kind {pool_kind!r}; expected one of "
-                         f"{sorted(POOL_KINDS) + list(SPECIAL_KINDS)}")
-    if mocap_kind not in MOCAP_KINDS and mocap_kind not in SPECIAL_KINDS:
-        raise SystemExit(f"error: --mocap: unknown kind {mocap_kind!r}; expected one of "
-                         f"{sorted(MOCAP_KINDS) + list(SPECIAL_KINDS)}")
-    try:
-        if pool_kind == "demo":
-            pool_data = load_demo_pool(device=device, path=pool_path)
-        elif pool_kind == "real":
-            pool_data = load_real_pool(device=device, cache=pool_path)
-        else:
-            pool_data = load_pool(pool_kind, pool_path, device=device, **(pool_options or {}))
-        if mocap_kind == "demo":
-            mocap_data = load_demo_mocap(device=device, path=mocap_path)
-        elif mocap_kind == "real":
-            mocap_data = load_real_mocap(device=device, cache=mocap_path)
-        else:
-            mocap_data = load_mocap(mocap_kind, mocap_path, device=device, **(mocap_options or {}))
-    except (OSError, ValueError, TypeError) as err:
-        raise SystemExit(f"error: {err}") from None
-    return pool_data, mocap_data
+    _split_source(pool, "--pool"), _split_source(mocap, "--mocap")  # both specs checked before any loading
+    return load_pool_source(pool, device, pool_options), load_mocap_source(mocap, device, mocap_options)
 
 
 def sources_from_args(args, device: torch.device):
@@ -527,7 +553,10 @@ def evaluate(args) -> int:
     from .protocols import evaluate_predictions, load_predictions, predict_test_set, save_predictions
     from .testsets import load_test_set
 
-    kind, path = _split_source(args.test, "--test")
+    src = _split_source(args.test, "--test")
+    if src.selection is not None:
+        raise SystemExit(f"error: --test: selectors are not supported for test sets yet, got {src.selection.text!r}")
+    kind, path = src.kind, src.path
     try:
         test = load_test_set(kind, path, group_by=args.group_by, **_options(args.test_option, "--test-option"))
         classes, box = None, (220, None)
@@ -603,6 +632,10 @@ def _run(args) -> int:
         return generate(args)
     if args.command == "export":
         return export(args)
+    if args.command == "train":
+        from .cli_train import run_train
+
+        return run_train(args)
     return preview(args)
 
 

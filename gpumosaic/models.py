@@ -1,12 +1,12 @@
 """Networks of the paper's §3–4 (DESIGN.md step 10): the K-way pose classifier and the holistic regressor.
 
-Both wrap a torchvision backbone (AlexNet, as in the paper, or VGG-16) whose last fully connected layer is
-replaced: by a K-way linear layer for :class:`PoseClassifier` (K = 5000 pose classes from k-means over
+Both wrap a torchvision backbone (AlexNet, as in the paper, VGG-16, or ResNet-18 with batch normalisation)
+whose last fully connected layer is replaced: by a K-way linear layer for :class:`PoseClassifier` (K = 5000 pose classes from k-means over
 oriented 3D poses, :mod:`gpumosaic.classes`), by a ``J·5``-way linear layer followed by ``tanh`` for
 :class:`PoseRegressor` (2D and 3D coordinates normalised to [-1, 1] by :func:`normalise_targets`).
 
 Both take the 220×220 mosaics of :class:`~gpumosaic.dataset.OnlineMosaicDataset`: torchvision's adaptive
-average pooling (``(6, 6)`` for AlexNet, ``(7, 7)`` for VGG-16) makes the fully connected head independent of
+average pooling (``(6, 6)`` for AlexNet, ``(7, 7)`` for VGG-16, ``(1, 1)`` for ResNet-18) makes the fully connected head independent of
 the input size, so 220×220 (the paper's size; AlexNet's features are 256×5×5 there, VGG-16's 512×6×6) needs
 no resizing.
 
@@ -29,6 +29,7 @@ from ._check import check_shape
 
 __all__ = [
     "BACKBONES",
+    "MIN_SIZE",
     "PoseClassifier",
     "PoseRegressor",
     "build_backbone",
@@ -53,15 +54,45 @@ def _vgg16() -> nn.Module:
     return vgg16(weights=None)
 
 
-BACKBONES: dict[str, Callable[[], nn.Module]] = {"alexnet": _alexnet, "vgg16": _vgg16}
-"""Backbone name -> constructor of the torchvision model (``weights=None``: no download)."""
+def _resnet18() -> nn.Module:
+    from torchvision.models import resnet18
+
+    return resnet18(weights=None)
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {"alexnet": _alexnet, "vgg16": _vgg16, "resnet18": _resnet18}
+"""Backbone name -> constructor of the torchvision model (``weights=None``: no download). ``resnet18`` is a
+small modern network with batch normalisation (11.7 M parameters against AlexNet's 61 M) that learns from
+random initialisation within minutes on a CPU at 96–128 px (``docs/training.md``)."""
+
+MIN_SIZE = {"alexnet": 63, "vgg16": 32, "resnet18": 32}
+"""Smallest input side (px) each backbone accepts (strided convolutions and pools before adaptive pooling)."""
+
+
+def _last_name(net: nn.Module) -> str:
+    """State-dict prefix of the last linear layer that is replaced: ResNet's ``fc``, else ``classifier.6``
+    (AlexNet, VGG-16 and any backbone built like them)."""
+    return "fc" if isinstance(getattr(net, "fc", None), nn.Linear) and not hasattr(net, "classifier") \
+        else "classifier.6"
+
+
+def _get_last(net: nn.Module) -> nn.Linear:
+    return net.fc if _last_name(net) == "fc" else net.classifier[6]
+
+
+def _set_last(net: nn.Module, layer: nn.Linear) -> None:
+    if _last_name(net) == "fc":
+        net.fc = layer
+    else:
+        net.classifier[6] = layer
 
 
 def build_backbone(backbone: str, num_outputs: int, pretrained: bool | str | os.PathLike = False) -> nn.Module:
-    """A torchvision AlexNet / VGG-16 whose last linear layer (``classifier[6]``) outputs ``num_outputs``.
+    """A torchvision AlexNet / VGG-16 / ResNet-18 whose last linear layer (``classifier[6]``, ResNet's ``fc``)
+    outputs ``num_outputs``.
 
     Args:
-        backbone: ``"alexnet"`` (the paper's) or ``"vgg16"``.
+        backbone: ``"alexnet"`` (the paper's), ``"vgg16"`` or ``"resnet18"``.
         num_outputs: width of the new last layer (> 0).
         pretrained: ``False`` for random initialisation (torchvision's), or the path of a local torchvision
             state dict for the same architecture (the original 1000-way last layer is skipped). ``True`` is
@@ -82,16 +113,17 @@ def build_backbone(backbone: str, num_outputs: int, pretrained: bool | str | os.
     net = BACKBONES[backbone]()
     if pretrained:
         state = torch.load(os.fspath(pretrained), map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
+        prefix = _last_name(net) + "."
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("classifier.6.")]
+        missing = [k for k in missing if not k.startswith(prefix)]
         if missing or unexpected:
             raise ValueError(
                 f"Expected a torchvision {backbone} state dict in pretrained={os.fspath(pretrained)!r}, "
                 f"got missing keys {missing[:4]} and unexpected keys {unexpected[:4]}"
             )
-    last = net.classifier[6]
-    net.classifier[6] = nn.Linear(last.in_features, int(num_outputs))
+    last = _get_last(net)
+    _set_last(net, nn.Linear(last.in_features, int(num_outputs)))
     return net
 
 
@@ -121,7 +153,7 @@ class PoseClassifier(_Backbone):
 
     Args:
         num_classes: K (paper: 5000), the number of pose classes of :class:`gpumosaic.classes.PoseClasses`.
-        backbone: ``"alexnet"`` (paper) or ``"vgg16"``.
+        backbone: ``"alexnet"`` (paper), ``"vgg16"`` or ``"resnet18"``.
         pretrained: ``False`` or the path of a local torchvision state dict (see :func:`build_backbone`).
         normalise_input: subtract the ImageNet mean and divide by its std inside the model, so that it takes
             the dataset's [0, 1] images directly.

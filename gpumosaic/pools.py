@@ -244,9 +244,18 @@ def pool_memory_bytes(n: int = 80_000, size: int = 160, channels: int = 3, joint
 
 def load_pool(kind: str, path: PathLike, *, size: int = 160, margin: float | None = None,
               device: torch.device | str | None = None, chunk: int = 64, antialias: bool = True,
-              padding_mode: str = "border", **options) -> Pool2D:
-    """Load 2D annotations with :func:`load_annotations` (loader ``options``) and crop them into a pool with
-    :func:`build_pool` (the other arguments)."""
+              padding_mode: str = "border", selection=None, **options) -> Pool2D:
+    """Load 2D annotations with :func:`load_annotations` (loader ``options``), keep the entries that
+    ``selection`` (a :class:`~gpumosaic.sources.select.Selection` or selector text, by the annotations' ids)
+    keeps, and crop them into a pool with :func:`build_pool` (the other arguments)."""
     annotations = load_annotations(kind, path, **options)
+    if selection is not None:
+        from .sources.select import parse_selection
+
+        sel = parse_selection(selection) if isinstance(selection, str) else selection
+        index = torch.nonzero(sel.mask(annotations.ids)).reshape(-1)
+        if index.numel() == 0:
+            raise ValueError(f"Selection {sel.text!r} keeps none of the {len(annotations)} annotations of {path}")
+        annotations = annotations.subset(index)
     return build_pool(annotations, size, margin, device=device, chunk=chunk, antialias=antialias,
                       padding_mode=padding_mode)

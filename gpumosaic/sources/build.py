@@ -354,6 +354,16 @@ def load_annotations(kind: str, path: PathLike, **options) -> Annotations2D:
     return _resolve(POOL_KINDS, kind, "pool")(path, **options)
 
 
-def load_mocap(kind: str, path: PathLike, *, device: torch.device | str | None = None, **options) -> Mocap3D:
-    """Run the 3D loader ``kind`` (:data:`MOCAP_KINDS`) on ``path``; its :class:`Mocap3D` on ``device``."""
-    return _resolve(MOCAP_KINDS, kind, "mocap")(path, **options).mocap.to(device)
+def load_mocap(kind: str, path: PathLike, *, device: torch.device | str | None = None, selection=None,
+               **options) -> Mocap3D:
+    """Run the 3D loader ``kind`` (:data:`MOCAP_KINDS`) on ``path``; its :class:`Mocap3D` on ``device``.
+
+    ``selection`` (a :class:`~gpumosaic.sources.select.Selection` or selector text) keeps part of it; its
+    ``seq`` and ``frame`` keys are the loader's sequence index and frame number (:class:`LoadedMocap`)."""
+    loaded = _resolve(MOCAP_KINDS, kind, "mocap")(path, **options)
+    mocap = loaded.mocap
+    if selection is not None:
+        from .select import select_mocap
+
+        mocap = select_mocap(mocap, selection, loaded.sequence, loaded.frame)
+    return mocap.to(device)
