@@ -145,27 +145,6 @@ def synthetic_batch(
     )
 
 
-@dataclass(frozen=True)
-class _Host:
-    """The host copy of a batch's labels (everything but the images)."""
-
-    pose2d: torch.Tensor
-    pose3d: torch.Tensor
-    label: torch.Tensor
-    is_real: torch.Tensor
-    pair_index: torch.Tensor
-    mocap_index: torch.Tensor
-    mocap_id: torch.Tensor
-    view_index: torch.Tensor
-    cameras: Cameras
-    occluded: torch.Tensor
-    matches: torch.Tensor
-    source_rows: torch.Tensor
-    source_ids: torch.Tensor
-    mirrored: torch.Tensor
-    real_index: torch.Tensor
-
-
 def annotation_records(
     batch: MosaicBatch,
     skeleton: str,
@@ -188,7 +167,8 @@ def annotation_records(
         images: B image names.
         keys, indices: B sample keys and global indices (export), or ``None``.
     """
-    host = _Host(**{f.name: getattr(batch, f.name).to("cpu") for f in fields(batch) if f.name != "image"})
+    # one host copy of every label; the images stay where they are
+    host = replace(batch, **{f.name: getattr(batch, f.name).to("cpu") for f in fields(batch) if f.name != "image"})
     cams = host.cameras
     records = []
     for k, image in enumerate(images):
