@@ -132,15 +132,7 @@ class InferenceCheckpoint:
 def _classes_state(classes: PoseClasses | None, box: tuple[int, float | None]) -> dict | None:
     if classes is None:
         return None
-    return {
-        "centres": classes.centres.detach().cpu(),
-        "mean_pose3d": classes.mean_pose3d.detach().cpu(),
-        "mean_pose2d": None if classes.mean_pose2d is None else classes.mean_pose2d.detach().cpu(),
-        "counts": classes.counts.detach().cpu(),
-        "skeleton": classes.skeleton,
-        "box_size": int(box[0]),
-        "box_margin": None if box[1] is None else float(box[1]),
-    }
+    return {**classes.state(), "box_size": int(box[0]), "box_margin": None if box[1] is None else float(box[1])}
 
 
 def save_inference_checkpoint(path: str | os.PathLike, checkpoint: InferenceCheckpoint) -> Path:
@@ -201,8 +193,7 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
     cs = state.get("classes")
     classes, box = None, (220, None)
     if cs is not None:
-        classes = PoseClasses(centres=cs["centres"], mean_pose3d=cs["mean_pose3d"], mean_pose2d=cs["mean_pose2d"],
-                              counts=cs["counts"], skeleton=cs["skeleton"]).to(device)
+        classes = PoseClasses.from_state(cs, device)
         box = (int(cs["box_size"]), cs["box_margin"])
     return InferenceCheckpoint(
         model=state["model"], backbone=state["backbone"], input_size=int(state["input_size"]),
@@ -215,8 +206,7 @@ def load_inference_checkpoint(path: str | os.PathLike, device: torch.device | st
 def _from_example(state: dict, device) -> InferenceCheckpoint:
     """The inference part of an ``examples/train_classifier.py`` training checkpoint."""
     config, cs = state["config"], state["classes"]
-    classes = PoseClasses(centres=cs["centres"], mean_pose3d=cs["mean_pose3d"], mean_pose2d=cs["mean_pose2d"],
-                          counts=cs["counts"], skeleton=cs["skeleton"]).to(device)
+    classes = PoseClasses.from_state(cs, device)
     size = int(config["size"])
     return InferenceCheckpoint(
         model="classifier", backbone=config["backbone"], input_size=size, state_dict=state["model"],
@@ -229,9 +219,7 @@ def _from_train(state: dict, device) -> InferenceCheckpoint:
     """``gpumosaic train``'s inference file: ``{task, settings (TrainConfig fields, skeleton, num_joints,
     box_margin), model (state dict), classes}``; its classes' 2D means are in the S×S training box."""
     settings, cs = dict(state["settings"]), state.get("classes")
-    classes = None if cs is None else PoseClasses(
-        centres=cs["centres"], mean_pose3d=cs["mean_pose3d"], mean_pose2d=cs["mean_pose2d"], counts=cs["counts"],
-        skeleton=cs["skeleton"]).to(device)
+    classes = None if cs is None else PoseClasses.from_state(cs, device)
     size = int(settings["size"])
     margin = settings.get("margin")
     return InferenceCheckpoint(

@@ -440,6 +440,23 @@ class PoseClasses:
             counts=self.counts.to(device),
         )
 
+    def state(self) -> dict:
+        """Plain CPU tensors and the skeleton name, safe for ``torch.load(weights_only=True)`` checkpoints:
+        ``centres``, ``mean_pose3d``, ``mean_pose2d`` (``None`` when absent), ``counts``, ``skeleton``."""
+        return {
+            "centres": self.centres.detach().cpu(),
+            "mean_pose3d": self.mean_pose3d.detach().cpu(),
+            "mean_pose2d": None if self.mean_pose2d is None else self.mean_pose2d.detach().cpu(),
+            "counts": self.counts.detach().cpu(),
+            "skeleton": self.skeleton,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device=None) -> "PoseClasses":
+        """The classes of a :meth:`state` dict (other keys are ignored), on ``device``."""
+        return cls(centres=state["centres"], mean_pose3d=state["mean_pose3d"], mean_pose2d=state["mean_pose2d"],
+                   counts=state["counts"], skeleton=state["skeleton"]).to(device)
+
     # -- fitting -----------------------------------------------------------------------------------------
 
     @classmethod

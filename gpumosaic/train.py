@@ -199,14 +199,11 @@ def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Ten
 
 def classes_state(classes: PoseClasses) -> dict:
     """Plain tensors and strings of a :class:`PoseClasses` (for ``weights_only`` checkpoints)."""
-    return {"centres": classes.centres.detach().cpu(), "mean_pose3d": classes.mean_pose3d.detach().cpu(),
-            "mean_pose2d": None if classes.mean_pose2d is None else classes.mean_pose2d.detach().cpu(),
-            "counts": classes.counts.detach().cpu(), "skeleton": classes.skeleton}
+    return classes.state()
 
 
 def classes_from_state(state: dict, device=None) -> PoseClasses:
-    return PoseClasses(centres=state["centres"], mean_pose3d=state["mean_pose3d"], mean_pose2d=state["mean_pose2d"],
-                       counts=state["counts"], skeleton=state["skeleton"]).to(device)
+    return PoseClasses.from_state(state, device)
 
 
 def build_model(config: TrainConfig, num_outputs: int) -> torch.nn.Module:
