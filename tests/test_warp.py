@@ -389,3 +389,27 @@ def test_warp_blend_sparse_gradients_match_dense():
     # Where a weight is zero the sparse path has no sample, so compare weight gradients where non-zero.
     nz = weights != 0
     torch.testing.assert_close(grads[1][1][nz], grads[0][1][nz])
+
+
+@pytest.mark.parametrize("padding_mode", ["border", "reflection", "zeros"])
+@pytest.mark.parametrize("src_size", [(6, 7), (2, 2), (1, 5), (4, 1)])
+def test_warp_blend_sparse_on_pixel_centres_and_edges(padding_mode, src_size):
+    """Samples exactly on the last row / column (and beyond it) of the source, where the sparse path keeps the
+    top-left tap at most at size - 2 (fx = 1 instead of 0): one-hot weights against the float64 plain loop,
+    for integer translations (every sample on a pixel centre), a half-pixel shift and a mirror."""
+    from gpumosaic.warp import warp_blend_sparse
+
+    g = torch.Generator().manual_seed(23)
+    hs, ws = src_size
+    pool = torch.randint(0, 256, (2, 3, hs, ws), generator=g, dtype=torch.uint8)
+    maps = [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[1.0, 0.0, -2.0], [0.0, 1.0, -1.0]],
+            [[1.0, 0.0, 1.5], [0.0, 1.0, 0.5]], [[-1.0, 0.0, ws - 1.0], [0.0, 1.0, 0.0]]]
+    aff = torch.tensor(maps, dtype=torch.float32)[None]  # (1, 4, 2, 3)
+    index = torch.tensor([[0, 1, 1, 0]])
+    h, w = hs + 3, ws + 3
+    expected = warp_images_reference(pool[index[0]], aff[0], (h, w), padding_mode)  # (4, 3, h, w)
+    for k in range(4):
+        weights = torch.zeros(1, 4, h, w)
+        weights[:, k] = 1.0
+        out = warp_blend_sparse(pool, index, aff, weights, padding_mode=padding_mode)
+        torch.testing.assert_close(out[0], expected[k], atol=1e-6, rtol=0)
