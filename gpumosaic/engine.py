@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._check import unchecked
+from .allocator import retain_freed_memory
 from .skeleton import Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
@@ -46,6 +47,10 @@ class MosaicEngine:
     Calling the engine on ``query (B, J, 2)`` (pixels of any frame, fitted into the box here),
     ``occluded (B, J) bool`` (not searched; ``None``: none occluded) returns a :class:`MosaicResult`.
     A row with every joint occluded is searched in full (documented fallback: the mosaic needs a source).
+
+    On the CPU, building an engine sets glibc's malloc thresholds once per process so that a batch's freed
+    working memory is reused by the next one instead of being returned to the system and faulted in again
+    (:func:`gpumosaic.allocator.retain_freed_memory`; opt out with ``GPUMOSAIC_MALLOC=default``).
 
     Example:
         >>> from gpumosaic import MosaicEngine, load_demo_pool
@@ -97,6 +102,8 @@ class MosaicEngine:
                 "whole step aborts on an index bounds check inside the fused raster kernel (the graph itself "
                 "traces: tests/test_compile.py); use compile='retrieval' (the exact search's kernel) on the CPU")
         self._compiled = None
+        if self.device.type == "cpu":  # keep freed working memory for the next batch (gpumosaic/allocator.py)
+            retain_freed_memory()
         self.prepared: PreparedPool = prepare_pool(self.pool, skeleton, self.settings)
 
     @property

@@ -36,3 +36,55 @@ def test_exact_search_buffers_do_not_grow_with_the_pool():
         sizes.append(sum(t.numel() * t.element_size() for t in vars(search).values()
                          if isinstance(t, torch.Tensor) and t.dim() > 0 and t.numel() > 14 * 3 * 14))
     assert sizes[0] == sizes[1] <= 1 << 18
+
+
+_FAULTS = """
+import json, resource, sys, torch
+from gpumosaic import MosaicEngine, load_demo_pool
+from gpumosaic.allocator import allocator_state
+
+def faults():
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):  # three 16 MiB blocks written and freed together, like a batch's working memory
+        blocks = [torch.ones(4 << 20) for _ in range(3)]
+        del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+before = faults()
+MosaicEngine(load_demo_pool(), size=32)  # on the CPU: sets the malloc thresholds
+faults()
+print(json.dumps({"state": allocator_state(), "before": before, "after": faults()}))
+"""
+
+
+def _run_faults(extra_env):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GPUMOSAIC_MALLOC"}
+    env.update(extra_env)
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_engine_keeps_freed_working_memory_between_batches():
+    """Building an engine on the CPU sets glibc's thresholds: freed 16 MiB blocks are reused without page
+    faults; with glibc's defaults (GPUMOSAIC_MALLOC=default opts out) the heap is trimmed after each round and
+    every round faults its 3 x 4,096 pages in again."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version
+    except (OSError, AttributeError):
+        import pytest
+
+        pytest.skip("not glibc")
+    got = _run_faults({})
+    assert got["state"] == "set"
+    assert got["after"] < 1000
+    opted_out = _run_faults({"GPUMOSAIC_MALLOC": "default"})
+    assert opted_out["state"] == "opt-out" and opted_out["after"] > 5 * 3 * 4096
+    user = _run_faults({"MALLOC_TRIM_THRESHOLD_": "1000000"})
+    assert user["state"] == "user"
