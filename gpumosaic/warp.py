@@ -429,25 +429,31 @@ def _bilinear_taps(
     a coordinate on the last column (row) then has ``fx = 1`` (``fy = 1``) instead of 0, which puts the same
     weight on the same pixel and an exact zero weight on its neighbour: bit-identical samples.
     """
-    n, channels, src_h, src_w = pool_images.shape
+    _, channels, src_h, src_w = pool_images.shape
     if padding_mode == "reflection":
         x, y = _reflect(x, src_w), _reflect(y, src_h)
     if padding_mode in ("border", "reflection"):
         x = x.clamp(0, src_w - 1)
         y = y.clamp(0, src_h - 1)
     x0f, y0f = torch.floor(x), torch.floor(y)
-    flat = pool_images.reshape(-1)
-    plane = src_h * src_w
-    chan = torch.arange(channels, device=x.device) * plane
-    base = image * (channels * plane)
+    # Addressed through the tensor's own strides: a channels-last or otherwise strided pool is read in place
+    # (``reshape(-1)`` would copy the whole pool on every call).
+    s_n, s_c, s_h, s_w = pool_images.stride()
+    if pool_images.is_contiguous():
+        flat = pool_images.view(-1)
+    else:
+        span = 1 + sum((size - 1) * stride for size, stride in zip(pool_images.shape, pool_images.stride()))
+        flat = pool_images.as_strided((span,), (1,), pool_images.storage_offset())
+    chan = torch.arange(channels, device=x.device) * s_c
+    base = image * s_n
     if padding_mode != "zeros" and src_h >= 2 and src_w >= 2:
         x0f.clamp_(max=src_w - 2)
         y0f.clamp_(max=src_h - 2)
         fx, fy = x - x0f, y - y0f
-        first = (base + y0f.long() * src_w + x0f.long())[:, None] + chan  # (K, C) top-left taps
+        first = (base + y0f.long() * s_h + x0f.long() * s_w)[:, None] + chan  # (K, C) top-left taps
         gx, gy = 1 - fx, 1 - fy
         out = None
-        for offset, w in ((0, gx * gy), (1, fx * gy), (src_w, gx * fy), (src_w + 1, fx * fy)):
+        for offset, w in ((0, gx * gy), (s_w, fx * gy), (s_h, gx * fy), (s_h + s_w, fx * fy)):
             tap = first if offset == 0 else first + offset
             term = flat.index_select(0, tap.view(-1)).view(tap.shape).to(w.dtype).mul_(w[:, None])
             out = term if out is None else out.add_(term)
@@ -462,7 +468,7 @@ def _bilinear_taps(
             if padding_mode == "zeros":
                 w = w * ((xi >= 0) & (xi < src_w) & (yi >= 0) & (yi < src_h)).to(w.dtype)
             xi, yi = xi.clamp(0, src_w - 1), yi.clamp(0, src_h - 1)
-            vals = flat[(base + yi * src_w + xi)[:, None] + chan].to(w.dtype)  # (K, C)
+            vals = flat[(base + yi * s_h + xi * s_w)[:, None] + chan].to(w.dtype)  # (K, C)
             term = vals * w[:, None]
             out = term if out is None else out + term
     return out
