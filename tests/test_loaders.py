@@ -375,7 +375,8 @@ def test_openpose_auto_refuses_body25b_and_ambiguous(tmp_path):
     rng = np.random.default_rng(1)
     _, kp = _op_person(rng, BODY25B, offset=(0, 0), jitter=0.0)
     _write_op(tmp_path / "a_keypoints.json", [kp])
-    with pytest.raises(ValueError, match=r"look like BODY_25B \(keypoint 8 lies 0\.228 .* keypoint 17 lies 0\.040") as err:
+    with pytest.raises(ValueError,
+                       match=r"look like BODY_25B \(keypoint 8 lies 0\.228 .* keypoint 17 lies 0\.040") as err:
         load_openpose(tmp_path)
     assert "layout='BODY_25B'" in str(err.value) and "--pool-option layout=BODY_25B" in str(err.value)
     assert "--test-option layout=BODY_25B" in str(err.value)
@@ -403,7 +404,8 @@ def test_openpose_layout_errors(tmp_path):
     _write_op(tmp_path / "a_keypoints.json", [_op_person(rng, COCO18)[1]])
     with pytest.raises(ValueError, match=r"has 54 numbers; layout='BODY_25B' expects 75"):
         load_openpose(tmp_path, layout="BODY_25B")
-    with pytest.raises(ValueError, match=r"Expected layout among \('auto', 'BODY_25', 'BODY_25B', 'COCO_18'\), got 'BODY25'"):
+    with pytest.raises(ValueError,
+                       match=r"Expected layout among \('auto', 'BODY_25', 'BODY_25B', 'COCO_18'\), got 'BODY25'"):
         load_openpose(tmp_path, layout="BODY25")
 
 

@@ -57,8 +57,8 @@ _COUNTS = {"BODY_25": 25, "BODY_25B": 25, "COCO_18": 18}
 LAYOUT_TOLERANCE = 0.1
 """``layout="auto"``: a geometric test holds when its median residual is at most this fraction of the person's
 size (see :func:`body25_evidence`). On Pose2Sim's BODY_25B files (4 cameras × 100 frames) the BODY_25 test's
-median residual is 0.418–0.499 and the BODY_25B test's 0.018–0.055; a true BODY_25 ``MidHip`` is trained on the
-hips' midpoint (residual ≈ 0)."""
+per-camera median residual is 0.418–0.499 and the BODY_25B test's 0.018–0.055; a true BODY_25 ``MidHip`` is
+trained on the hips' midpoint (residual ≈ 0)."""
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
