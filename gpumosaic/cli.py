@@ -5,7 +5,7 @@ the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-s
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
 fetch and build the real default data (:mod:`gpumosaic.prepare`); ``gpumosaic train --out DIR``: train the
 pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`); ``gpumosaic evaluate
---test KIND:PATH --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
+--test KIND:PATH[:SELECTOR] --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
 ``gpumosaic predict IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
 
 Sources: ``--pool KIND:PATH[:SELECTOR]`` and ``--mocap KIND:PATH[:SELECTOR]`` pick the 2D pool and the 3D
@@ -16,8 +16,10 @@ cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`
 them the prepared real data is used when its cache is ready, else the embedded synthetic demo data (with a
 one-line notice).
 
-Threads: every command that computes takes ``--threads N``; the default is the cores this process may use,
-with ``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported (see :mod:`gpumosaic.threads`).
+Threads: every command that computes takes ``--threads N``; the default is the free cores (those this process
+may use less those other processes keep busy, measured at start-up), with ``OMP_WAIT_POLICY=PASSIVE`` set
+before torch is imported (see :mod:`gpumosaic.threads`); ``generate``, ``export`` and ``preview`` say the
+count they use on their first line.
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ def _out_dir(path: Path, flag: str = "--out") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise SystemExit(f"error: {flag} {path} is not writable")
     return path
+
+
+def _threads_note(args) -> str:
+    """``"; threads: 1 (2 allowed, 1 busy)"`` once :func:`main` chose the threads, else ``""``."""
+    choice = getattr(args, "thread_choice", None)
+    return f"; {choice.summary()}" if choice is not None else ""
 
 
 def _say(text: str, quiet: bool = False) -> None:
@@ -234,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="score a checkpoint or a predictions file on real test images")
-    ev.add_argument("--test", metavar="KIND:PATH", required=True,
+    ev.add_argument("--test", metavar="KIND:PATH[:SELECTOR]", required=True,
                     help="test set: jsonl:FILE (gpumosaic generate's format), h36m:2D.npz (with --test-option "
-                         "mocap=3D.npz protocol=p1|p2) or a 2D loader kind (lsp, coco, mpii, openpose, h36m2d)")
+                         "mocap=3D.npz protocol=p1|p2) or a 2D loader kind (lsp, coco, mpii, openpose, h36m2d); "
+                         "a selector keeps part of it by id, row, seq or frame, e.g. lsp:/data/lsp:row=0-999")
     ev.add_argument("--test-option", metavar="KEY=VALUE", action="append", default=[],
                     help="keyword for the test set loader (repeatable), e.g. image_dir=/data/val2017")
     ev.add_argument("--group-by", choices=("default", "entry", "id"), default="default",
@@ -416,7 +425,7 @@ def generate(args) -> int:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
     out = _out_dir(args.out)
-    _say(f"generate: loading the pool and mocap ({device})...", args.quiet)
+    _say(f"generate: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     pool, mocap = sources_from_args(args, device)
     _replace_earlier_output(out, args.overwrite)
     engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
@@ -455,7 +464,7 @@ def preview(args) -> int:
     elif not path.suffix:
         path = path.with_suffix(".png")  # what matplotlib's savefig would write
     _out_dir(path.parent, "--out's folder")
-    _say(f"preview: loading the pool and mocap ({device})...")
+    _say(f"preview: loading the pool and mocap ({device}{_threads_note(args)})...")
     pool, mocap = sources_from_args(args, device)
     _say("preview: synthesising one mosaic and drawing the figure...")
     engine = MosaicEngine(pool, device=device, **_paper(args))
@@ -488,7 +497,7 @@ def export(args) -> int:
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
     _out_dir(args.out)
-    _say(f"export: loading the pool and mocap ({device})...", args.quiet)
+    _say(f"export: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     if launched and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
@@ -554,11 +563,10 @@ def evaluate(args) -> int:
     from .testsets import load_test_set
 
     src = _split_source(args.test, "--test")
-    if src.selection is not None:
-        raise SystemExit(f"error: --test: selectors are not supported for test sets yet, got {src.selection.text!r}")
     kind, path = src.kind, src.path
     try:
-        test = load_test_set(kind, path, group_by=args.group_by, **_options(args.test_option, "--test-option"))
+        test = load_test_set(kind, path, group_by=args.group_by, selection=src.selection,
+                             **_options(args.test_option, "--test-option"))
         classes, box = None, (220, None)
         if args.checkpoint is not None:
             device = _device(args.device)
@@ -611,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "threads"):  # the commands that compute (not `data`): torch's threads for this process
         try:
-            _threads.configure_threads(args.threads)
+            args.thread_choice = _threads.configure_threads(args.threads)
         except ValueError as err:  # e.g. OMP_NUM_THREADS=abc
             raise SystemExit(f"error: {err}") from None
     with _clean_warnings():
