@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     ev.add_argument("--batch-size", type=int, default=64, help="test people per network call")
+    ev.add_argument("--decode", choices=("top1", "expected"), default="top1",
+                    help="a classifier's pose: the top class's mean pose (the paper's, default) or the "
+                         "softmax-weighted mean of all classes' mean poses")
     ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     ev.add_argument("--level", type=float, default=0.95, help="confidence level")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -563,7 +566,8 @@ def evaluate(args) -> int:
         if args.checkpoint is not None:
             device = _device(args.device)
             ckpt = load_inference_checkpoint(args.checkpoint)
-            preds = predict_test_set(ckpt, test, device, batch_size=args.batch_size, progress=not args.quiet)
+            preds = predict_test_set(ckpt, test, device, batch_size=args.batch_size, progress=not args.quiet,
+                                     decode=args.decode)
             classes, box = ckpt.classes, ckpt.class_box
             if args.save_predictions:
                 save_predictions(args.save_predictions, preds)
