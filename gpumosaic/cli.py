@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
+    exp.add_argument("--roll", type=float, nargs=2, metavar=("LO", "HI"), default=(0.0, 0.0),
+                     help="camera roll range in degrees about the optical axis (default 0 0: level, the paper's)")
     exp.add_argument("--size", type=int, default=220,
                      help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
     exp.add_argument("--classes", type=Path, default=None,
@@ -511,7 +513,7 @@ def export(args) -> int:
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
                 image_format=args.format, jpeg_quality=args.jpeg_quality,
-                views=ViewSettings(views_per_pose=args.views_per_pose), classes=classes,
+                views=ViewSettings(views_per_pose=args.views_per_pose, roll_range=tuple(args.roll)), classes=classes,
                 progress=not args.quiet,
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,

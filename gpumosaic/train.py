@@ -50,8 +50,7 @@ from .sources.base import Mocap3D, Pool2D
 __all__ = [
     "MODES", "TASKS", "TrainConfig", "PRESETS", "preset", "batch_schedule", "class_training_poses",
     "build_model", "TrainData", "prepare_data", "mosaic_batch", "real_batch", "train", "TrainResult",
-    "TrainedModel", "load_model", "save_model", "predict_logits", "classes_state", "classes_from_state",
-    "atomic_save",
+    "TrainedModel", "load_model", "save_model", "predict_logits", "atomic_save",
 ]
 
 MODES = ("M", "R", "M+R")
@@ -206,15 +205,6 @@ def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Ten
     pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, settings.margin)
     j = poses.shape[1]
     return pose3d.reshape(-1, j, 3), pose2d.reshape(-1, j, 2)
-
-
-def classes_state(classes: PoseClasses) -> dict:
-    """Plain tensors and strings of a :class:`PoseClasses` (for ``weights_only`` checkpoints)."""
-    return classes.state()
-
-
-def classes_from_state(state: dict, device=None) -> PoseClasses:
-    return PoseClasses.from_state(state, device)
 
 
 def build_model(config: TrainConfig, num_outputs: int) -> torch.nn.Module:
@@ -549,7 +539,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike | None = 
         if diff:
             raise ValueError(f"{state_path}: settings differ from the checkpoint's (saved, now): {diff}")
         if config.task == "classifier":
-            restored = classes_from_state(state["classes"], device)
+            restored = PoseClasses.from_state(state["classes"], device)
             if not torch.equal(restored.centres, data.classes.centres):
                 raise ValueError(f"{state_path}: the pose classes differ from the data's")
         model.load_state_dict(state["model"])
@@ -565,7 +555,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike | None = 
             return
         atomic_save({"format": STATE_FORMAT, "version": FORMAT_VERSION, "config": asdict(config), "step": step,
                      "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                     "classes": None if data.classes is None else classes_state(data.classes),
+                     "classes": None if data.classes is None else data.classes.state(),
                      "history": history}, state_path)
         _write_log(out / "log.csv", history)
 

@@ -150,3 +150,28 @@ def test_decode_expected_matches_plain_loop():
     torch.testing.assert_close(classes.decode_expected(one_hot)[1], classes.decode(torch.tensor([2, 5]))[1])
     with pytest.raises(ValueError, match="prob"):
         classes.decode_expected(prob[:, :3])
+
+
+def test_cli_export_roll(tmp_path):
+    import json
+
+    from gpumosaic.cli import main
+
+    demo = ["--pool", "demo", "--mocap", "demo"]
+    common = ["--n", "4", "--shard-size", "4", "--batch-size", "4", "--device", "cpu", "--size", "48",
+              "--views-per-pose", "2", "--quiet", *demo]
+    with pytest.raises(SystemExit, match="roll_range"):
+        main(["export", "--out", str(tmp_path / "bad"), *common, "--roll", "10", "-10"])
+    main(["export", "--out", str(tmp_path / "level"), *common])
+    main(["export", "--out", str(tmp_path / "rolled"), *common, "--roll", "-30", "30"])
+
+    def cameras(folder):
+        import tarfile
+
+        shard = sorted(folder.glob("*.tar"))[0]
+        with tarfile.open(shard) as tar:
+            recs = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+        return [r for r in recs if "cameras" in r or "camera" in r]
+
+    level, rolled = cameras(tmp_path / "level"), cameras(tmp_path / "rolled")
+    assert len(level) == len(rolled) == 4 and level != rolled
