@@ -7,7 +7,9 @@ loaded, so it cannot change inside one process) and times mosaics/s of the CPU e
 * ``old``: torch's default thread count, ``OMP_WAIT_POLICY`` unset (libgomp spins 300,000 iterations
   before a waiting thread sleeps): what gpumosaic did before issue 14;
 * ``new``: :func:`gpumosaic.threads.configure_threads` with no count, as the ``gpumosaic`` command does:
-  the cores this process may use, ``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported;
+  the free cores (those this process may use less those other processes keep busy, from 0.1 s of
+  ``/proc/stat`` at start-up: the competitor counts), ``OMP_WAIT_POLICY=PASSIVE`` set before torch is
+  imported; the run records the choice and why (``thread_choice``);
 * ``threads=N`` for each ``--threads N``: the same with an explicit count (``gpumosaic ... --threads N``).
 
 The conditions' order rotates from round to round, so that a slow spell of the machine does not fall on one
@@ -94,10 +96,11 @@ def child(args) -> None:
     from gpumosaic.camera import render_views, sample_views
     from gpumosaic.cli import load_sources
 
+    choice = None
     if condition == "new":
         from gpumosaic.threads import configure_threads
 
-        configure_threads()
+        choice = configure_threads().describe()  # measures the free cores here (0.1 s of /proc/stat)
     elif condition.startswith("threads="):
         from gpumosaic.threads import configure_threads
 
@@ -127,7 +130,7 @@ def child(args) -> None:
     print(json.dumps({
         "condition": condition, "mosaics": n, "seconds": elapsed, "mosaics_per_s": n / elapsed,
         "cpu_per_wall": cpu / elapsed, "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": wait_env, "pool_size": len(pool),
+        "omp_wait_policy": wait_env, "pool_size": len(pool), "thread_choice": choice,
     }))
 
 

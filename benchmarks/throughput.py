@@ -381,8 +381,9 @@ def parse_args(argv=None):
     ap.add_argument("--reference-images", type=int, default=None,
                     help="images timed with the ReferenceEngine per (N, J, S); default 4, 0 to skip")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (gpumosaic.threads.configure_threads); default: the cores this process "
-                         "may use, with OMP_WAIT_POLICY=PASSIVE (1 with --quick, as the documented figures)")
+                    help="torch CPU threads (gpumosaic.threads.configure_threads); default: the free cores (allowed "
+                         "less busy, at start-up), with OMP_WAIT_POLICY=PASSIVE (1 with --quick, as the documented "
+                         "figures)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--consumers", action="store_true",
                     help="also time AlexNet and ResNet-50 training steps at 220x220 (images/s) on each device")

@@ -16,8 +16,10 @@ cache or the cache folder PATH); ``--pool-option`` / ``--mocap-option KEY=VALUE`
 them the prepared real data is used when its cache is ready, else the embedded synthetic demo data (with a
 one-line notice).
 
-Threads: every command that computes takes ``--threads N``; the default is the cores this process may use,
-with ``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported (see :mod:`gpumosaic.threads`).
+Threads: every command that computes takes ``--threads N``; the default is the free cores (those this process
+may use less those other processes keep busy, measured at start-up), with ``OMP_WAIT_POLICY=PASSIVE`` set
+before torch is imported (see :mod:`gpumosaic.threads`); ``generate``, ``export`` and ``preview`` say the
+count they use on their first line.
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ def _out_dir(path: Path, flag: str = "--out") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise SystemExit(f"error: {flag} {path} is not writable")
     return path
+
+
+def _threads_note(args) -> str:
+    """``"; threads: 1 (2 allowed, 1 busy)"`` once :func:`main` chose the threads, else ``""``."""
+    choice = getattr(args, "thread_choice", None)
+    return f"; {choice.summary()}" if choice is not None else ""
 
 
 def _say(text: str, quiet: bool = False) -> None:
@@ -421,7 +429,7 @@ def generate(args) -> int:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
     device = _device(args.device)
     out = _out_dir(args.out)
-    _say(f"generate: loading the pool and mocap ({device})...", args.quiet)
+    _say(f"generate: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     pool, mocap = sources_from_args(args, device)
     _replace_earlier_output(out, args.overwrite)
     engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
@@ -460,7 +468,7 @@ def preview(args) -> int:
     elif not path.suffix:
         path = path.with_suffix(".png")  # what matplotlib's savefig would write
     _out_dir(path.parent, "--out's folder")
-    _say(f"preview: loading the pool and mocap ({device})...")
+    _say(f"preview: loading the pool and mocap ({device}{_threads_note(args)})...")
     pool, mocap = sources_from_args(args, device)
     _say("preview: synthesising one mosaic and drawing the figure...")
     engine = MosaicEngine(pool, device=device, **_paper(args))
@@ -493,7 +501,7 @@ def export(args) -> int:
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = _device(args.device)
     _out_dir(args.out)
-    _say(f"export: loading the pool and mocap ({device})...", args.quiet)
+    _say(f"export: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     if launched and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
@@ -617,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "threads"):  # the commands that compute (not `data`): torch's threads for this process
         try:
-            _threads.configure_threads(args.threads)
+            args.thread_choice = _threads.configure_threads(args.threads)
         except ValueError as err:  # e.g. OMP_NUM_THREADS=abc
             raise SystemExit(f"error: {err}") from None
     with _clean_warnings():

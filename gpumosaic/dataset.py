@@ -67,7 +67,8 @@ Usage
     construction (default 0); a DataLoader with another worker count warns, since the count depends on it
     (each worker's last batch may be short). Each worker runs one torch thread (DataLoader's default); pass
     ``worker_init_fn=gpumosaic.threads.WorkerThreads(n)`` for n (n > 1: spawned workers only), keeping
-    ``main threads + workers · n`` within the cores (:mod:`gpumosaic.threads`). Under
+    ``main threads + workers · n`` within the free cores (``gpumosaic.threads.core_load().free``, measured
+    before the workers start; :mod:`gpumosaic.threads`). Under
     ``torch.distributed`` every rank builds the dataset after ``init_process_group`` (or passes ``rank`` /
     ``world_size``); pass ``drop_last=True`` or ``batches_per_epoch`` so that all ranks yield the same
     number of batches.
