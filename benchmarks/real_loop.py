@@ -2,7 +2,7 @@
 
 One command (``docs/reproduction.md``)::
 
-    nice -n 10 python benchmarks/real_loop.py --out out/real_loop --figure docs/figures/real_loop.png
+    python benchmarks/real_loop.py --out out/real_loop --figure docs/figures/real_loop.png
 
 Held-out split (nothing of the test set is in the pool or in the motion source):
 
@@ -11,7 +11,10 @@ Held-out split (nothing of the test set is in the pool or in the motion source):
   test set holds the same instants seen by the other cameras (cameras seen in training, instants not).
 - **pool** (mosaics and real crops): the other Pose2Sim cameras at frames 0..test_from-1, and Sports2D.
 - **motion source**: Pose2Sim's balancing TRC at frames 0..test_from-1 (the same trial: later frames are
-  the test instants), the standing TRC and the 15 DeepMimic clips.
+  the test instants), the standing TRC and the DeepMimic clips of ``--motion`` (default: the 9 upright ones).
+- ``--protocol validation`` carves the same design out of the training side (camera ``--val-camera`` at
+  frames ``--val-from``..test_from-1): every default below (64 px, batch 32, 400 steps, 64 views, roll ±30°,
+  upright motion, top-1 decoding) was chosen there, never on the test split (docs/reproduction.md).
 
 Conditions: **R** (real crops alone), **M** (mosaics alone), **M+R** (alternating batch by batch), all with
 the same network, K, steps, batch and seed; the trivial baselines **most frequent class** (the most
