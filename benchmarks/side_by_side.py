@@ -47,6 +47,12 @@ except ImportError:  # pragma: no cover
 
     unchecked = contextlib.nullcontext
 
+try:  # the exact retrieval's mode (issue 11: scan or pruned) and the allocator setting, where present
+    from gpumosaic.allocator import allocator_state
+    from gpumosaic.settings import resolved_pruning
+except ImportError:  # pragma: no cover
+    allocator_state = resolved_pruning = None
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Memory (Linux /proc)
@@ -182,12 +188,16 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
     def run_engine(q, o):
         return engine(q, o)
 
+    retrieval_mode = {}  # the engine's own choice (scan or pruned), where this checkout has one
+    if resolved_pruning is not None:
+        retrieval_mode["pruned"] = resolved_pruning(s, engine.device, len(engine.index))
+
     def run_retrieval(q, o):
         with unchecked():
             p, _ = fit_to_box(q, s.size, s.margin)
             searched = ~o
             searched = searched | ~searched.any(dim=1, keepdim=True)
-            return engine.index.best(p, searched, budget_bytes=engine.retrieval_budget)
+            return engine.index.best(p, searched, budget_bytes=engine.retrieval_budget, **retrieval_mode)
 
     def run_reference(q, o, count):
         qn, on = q.double().numpy(), o.numpy()
@@ -198,6 +208,8 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
 
     # Warm-up (first OpenCV / Qhull calls, allocator, compilation when asked for).
     t_first, _, _ = _clock(lambda: run_engine(*queries[0]))
+    trim_heap()
+    rss_first = rss_mb()  # after the first call: includes tables built lazily (the pruned search's bound table)
     run_reference(*queries[0], 1)
     ref_count = min(args.batch, args.reference_images) if args.reference_images else args.batch
 
@@ -231,6 +243,8 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
     res = {
         "pool_size": n, "virtual_pool_rows": len(engine.index), "batch": b, "size": args.size, "joints": 14,
         "fill_images": fill, "compile": args.compile or False,
+        "retrieval": ("pruned" if retrieval_mode.get("pruned") else "scan"),
+        "allocator": allocator_state() if allocator_state is not None else None,
         "engine_build_wall_s": t_build, "engine_build_cpu_s": c_build, "engine_first_call_wall_s": t_first,
         "reference_build_wall_s": t_ref_build,
         "engine_mosaics_per_s_wall": _summary(rate("engine_wall_s", b)),
@@ -247,7 +261,8 @@ def measure_pool_size(n: int, args, base: Pool2D, mocap_poses: torch.Tensor, log
                                for x in rounds]),
         "memory_mb": {
             "rss_start": rss0, "rss_after_pool": rss_pool, "rss_after_engine": rss_engine,
-            "rss_after_reference": rss_ref,
+            "rss_after_reference": rss_ref, "rss_after_first_call": rss_first,
+            "first_call_delta": None if rss_first is None else rss_first - rss_ref,
             "pool_images": pool.images.numel() / 2**20,
             "pool_images_resident": None if rss_pool is None else rss_pool - rss0,
             "engine_build_delta": None if rss_engine is None else rss_engine - rss_pool,

@@ -5,7 +5,7 @@ the paper's Figure 2 for one query; ``gpumosaic export --n N --out DIR --shard-s
 WebDataset-style tar shards (also under ``torchrun``; see :mod:`gpumosaic.export`); ``gpumosaic data prepare``:
 fetch and build the real default data (:mod:`gpumosaic.prepare`); ``gpumosaic train --out DIR``: train the
 pose classifier or regressor on mosaics and/or real crops (:mod:`gpumosaic.train`); ``gpumosaic evaluate
---test KIND:PATH --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
+--test KIND:PATH[:SELECTOR] --checkpoint C``: the paper's protocols on real test images (:mod:`gpumosaic.protocols`);
 ``gpumosaic predict IMAGE --checkpoint C``: top-k poses of the person in a photo (:mod:`gpumosaic.predict`).
 
 Sources: ``--pool KIND:PATH[:SELECTOR]`` and ``--mocap KIND:PATH[:SELECTOR]`` pick the 2D pool and the 3D
@@ -244,9 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="score a checkpoint or a predictions file on real test images")
-    ev.add_argument("--test", metavar="KIND:PATH", required=True,
+    ev.add_argument("--test", metavar="KIND:PATH[:SELECTOR]", required=True,
                     help="test set: jsonl:FILE (gpumosaic generate's format), h36m:2D.npz (with --test-option "
-                         "mocap=3D.npz protocol=p1|p2) or a 2D loader kind (lsp, coco, mpii, openpose, h36m2d)")
+                         "mocap=3D.npz protocol=p1|p2) or a 2D loader kind (lsp, coco, mpii, openpose, h36m2d); "
+                         "a selector keeps part of it by id, row, seq or frame, e.g. lsp:/data/lsp:row=0-999")
     ev.add_argument("--test-option", metavar="KEY=VALUE", action="append", default=[],
                     help="keyword for the test set loader (repeatable), e.g. image_dir=/data/val2017")
     ev.add_argument("--group-by", choices=("default", "entry", "id"), default="default",
@@ -567,11 +568,10 @@ def evaluate(args) -> int:
     from .testsets import load_test_set
 
     src = _split_source(args.test, "--test")
-    if src.selection is not None:
-        raise SystemExit(f"error: --test: selectors are not supported for test sets yet, got {src.selection.text!r}")
     kind, path = src.kind, src.path
     try:
-        test = load_test_set(kind, path, group_by=args.group_by, **_options(args.test_option, "--test-option"))
+        test = load_test_set(kind, path, group_by=args.group_by, selection=src.selection,
+                             **_options(args.test_option, "--test-option"))
         classes, box = None, (220, None)
         if args.checkpoint is not None:
             device = _device(args.device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._check import unchecked
+from .allocator import retain_freed_memory
 from .skeleton import Skeleton
 from .soft import synthesise_soft
 from .sources.base import Pool2D
@@ -40,12 +41,16 @@ class MosaicEngine:
             the keyword fields below.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, compat_weight,
-            warp_chunk, retrieval_budget, soft, temperature, warps, compile: shorthand for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
+            warp_chunk, retrieval_budget, retrieval, soft, temperature, warps, compile: shorthand for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
             :class:`MosaicSettings` default. Giving both ``settings`` and a field raises ``TypeError``.
 
     Calling the engine on ``query (B, J, 2)`` (pixels of any frame, fitted into the box here),
     ``occluded (B, J) bool`` (not searched; ``None``: none occluded) returns a :class:`MosaicResult`.
     A row with every joint occluded is searched in full (documented fallback: the mosaic needs a source).
+
+    On the CPU, building an engine sets glibc's malloc thresholds once per process so that a batch's freed
+    working memory is reused by the next one instead of being returned to the system and faulted in again
+    (:func:`gpumosaic.allocator.retain_freed_memory`; opt out with ``GPUMOSAIC_MALLOC=default``).
 
     Example:
         >>> from gpumosaic import MosaicEngine, load_demo_pool
@@ -73,6 +78,7 @@ class MosaicEngine:
         compat_weight: float | None = None,
         warp_chunk: int | None = None,
         retrieval_budget: int | None = None,
+        retrieval: str | None = None,
         soft: bool | None = None,
         temperature: float | None = None,
         warps: str | None = None,
@@ -86,7 +92,7 @@ class MosaicEngine:
         self.settings = MosaicSettings.from_options(
             settings, size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
             padding_mode=padding_mode, blend=blend, mask_outside=mask_outside, compat_weight=compat_weight,
-            warp_chunk=warp_chunk, retrieval_budget=retrieval_budget,
+            warp_chunk=warp_chunk, retrieval_budget=retrieval_budget, retrieval=retrieval,
             soft=soft, temperature=temperature, warps=warps, compile=compile,
         )
         self.skeleton = skeleton
@@ -97,6 +103,8 @@ class MosaicEngine:
                 "whole step aborts on an index bounds check inside the fused raster kernel (the graph itself "
                 "traces: tests/test_compile.py); use compile='retrieval' (the exact search's kernel) on the CPU")
         self._compiled = None
+        if self.device.type == "cpu":  # keep freed working memory for the next batch (gpumosaic/allocator.py)
+            retain_freed_memory()
         self.prepared: PreparedPool = prepare_pool(self.pool, skeleton, self.settings)
 
     @property

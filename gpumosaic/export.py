@@ -192,7 +192,7 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
 def _config(n, shard_size, engine: MosaicEngine, mocap: Mocap3D, seed, image_format, jpeg_quality,
             views: ViewSettings, classes=None) -> dict:
     settings = asdict(engine.settings)
-    for transient in ("warp_chunk", "retrieval_budget", "compile"):  # speed/memory knobs, not semantics
+    for transient in ("warp_chunk", "retrieval_budget", "retrieval", "compile"):  # speed/memory knobs, not semantics
         settings.pop(transient, None)
     return {
         "format_version": FORMAT_VERSION,

@@ -31,7 +31,7 @@ from .skeleton import Skeleton, get_skeleton
 __all__ = ["Triangulation", "delaunay", "interpolate_triangulated", "skeleton_distance"]
 
 # Pixels processed per chunk by interpolate_triangulated (bounds peak memory to some tens of MB).
-_CHUNK_PIXELS = 1 << 18
+_CHUNK_PIXELS = 1 << 20
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -81,18 +81,21 @@ def _prepare_constraints(lines: torch.Tensor, enabled: torch.Tensor):
             (torch.where(right, m, zero), torch.where(right, c, inf), torch.where(right, k, one)))
 
 
-def _row_bounds(m, c, k, y):
-    """X = k * (m*y + c) for every row, (b, H, R, 3); a separate product and sum (no fused multiply-add)."""
-    x = m.unsqueeze(1) * y[None, :, None, None]
-    return x.add_(c.unsqueeze(1)).mul_(k.unsqueeze(1))
+def _row_bounds(m, c, k, y, reduce):
+    """``reduce`` (``torch.maximum`` or ``torch.minimum``) over its 3 constraints of X = k * (m*y + c), for every
+    row and region: (b, H, R). m, c, k are (b, R, 3); X is computed as a separate product and sum (no fused
+    multiply-add), constraint-major (b, H, 3, R), so the reduction runs over contiguous slabs."""
+    m, c, k = (t.transpose(1, 2).unsqueeze(1) for t in (m, c, k))  # (b, 1, 3, R)
+    x = (m * y[None, :, None, None]).add_(c).mul_(k)  # (b, H, 3, R)
+    return reduce(reduce(x[:, :, 0], x[:, :, 1]), x[:, :, 2])
 
 
-def _scan_regions(cons, ok, aff, vrange, y, width):
+def _scan_regions(cons, ok, aff, y, width):
     """Rasterise a piecewise-affine function given as convex regions, for a chunk of the batch.
 
     cons: the output of :func:`_prepare_constraints`, sliced to the chunk; ok (b, R) bool; aff (b, R, 3) float64
-    affine maps (A, B, C), value = A x + B y + C; vrange: (min, max) of the values, each (b, 1, 1) float64;
-    y (H,) float64 row coordinates. Returns the (b, H, W) values in float64.
+    affine maps (A, B, C), value = A x + B y + C; y (H,) float64 row coordinates. Returns the (b, H, W) values
+    in float64.
 
     On every row each region is an interval [lo, hi) of x. In exact arithmetic the regions tile the row;
     with rounding, neighbours may overlap or leave a gap of the order of the rounding error. The intervals
@@ -107,8 +110,8 @@ def _scan_regions(cons, ok, aff, vrange, y, width):
     """
     b_, r_ = ok.shape
     h_ = y.shape[0]
-    lo = _row_bounds(*cons[0], y).amax(-1)  # (b, H, R): region is x >= lo ...
-    hi = _row_bounds(*cons[1], y).amin(-1)  # ... and x < hi
+    lo = _row_bounds(*cons[0], y, torch.maximum)  # (b, H, R): region is x >= lo ...
+    hi = _row_bounds(*cons[1], y, torch.minimum)  # ... and x < hi
     keep = ok.unsqueeze(1) & (hi > lo)
     inf = torch.tensor(float("inf"), dtype=lo.dtype, device=lo.device)
     lo = torch.where(keep, lo, inf)
@@ -124,16 +127,15 @@ def _scan_regions(cons, ok, aff, vrange, y, width):
     nxt = torch.cat((start[..., 1:], torch.full_like(start[..., :1], float(width))), -1)
     nxt = torch.cummin(nxt.flip(-1), dim=-1).values.flip(-1)
     length = torch.where(lead, nxt - start, torch.zeros_like(start)).to(torch.long)
-    slope = torch.gather(aff[..., 0].unsqueeze(1).expand(b_, h_, r_), 2, order).flatten()  # A of each run
     offset = torch.addcmul(aff[:, None, :, 2], aff[:, None, :, 1], y[None, :, None])  # B y + C, (b, H, R)
-    offset = torch.gather(offset, 2, order).flatten()
+    # (B y + C, A) of each run, side by side so that one gather per pixel reads both.
+    pair = torch.stack((offset, aff[..., 0].unsqueeze(1).expand(b_, h_, r_)), -1)  # (b, H, R, 2)
+    pair = torch.gather(pair, 2, order.unsqueeze(-1).expand(b_, h_, r_, 2)).view(-1, 2)
     run = torch.repeat_interleave(length.flatten(), output_size=b_ * h_ * width)  # run index of each pixel
     x = torch.arange(width, dtype=y.dtype, device=y.device)
-    value = torch.addcmul(offset.index_select(0, run).view(b_, h_, width),
-                          slope.index_select(0, run).view(b_, h_, width), x)
-    # Every value is a convex combination of the point values; clamping to (slightly more than) their range
-    # is a safety net that only acts if a triangulation escaped the consistency checks.
-    return value.clamp_(vrange[0], vrange[1])  # float64; the caller casts while copying into its output
+    pixel = pair.index_select(0, run).view(b_, h_, width, 2)
+    value = torch.addcmul(pixel[..., 0], pixel[..., 1], x)
+    return value  # float64; the caller casts while copying into its output, then clamps
 
 
 def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -158,8 +160,12 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
         sl = slice(s, min(s + chunk, b_))
         chunk_cons = tuple(tuple(t[sl] for t in group) for group in cons)
-        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], (vmin[sl], vmax[sl]), y64, w_)
-    return out
+        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], y64, w_)
+    # Every value is a convex combination of the point values; clamping to (slightly more than) their range
+    # is a safety net that only acts if a triangulation escaped the consistency checks. Clamping after the
+    # cast to ``dt`` with the bounds cast to ``dt`` gives the same result as clamping in float64 before it
+    # (rounding is monotonic), on half (float32) the bytes.
+    return out.clamp_(vmin.to(dt), vmax.to(dt))
 
 
 def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -185,7 +191,7 @@ def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: S
     measure-zero set where the triangulation or a pixel's region changes, w.r.t. ``points``. Pixels are
     evaluated in float64 and cast to ``values.dtype`` at the end. Cost: O(B * H * W) with a small constant
     (no per-triangle pass over the pixels: each pixel row is scan-converted into intervals of convex
-    regions), memory bounded by processing about 2^18 pixels at a time (some tens of MB).
+    regions), memory bounded by processing about 2^20 pixels at a time (some tens of MB).
 
     Args:
         points: (B, P, 2) floating tensor of point positions in pixels, 1 <= P <= 17, finite.

@@ -21,7 +21,8 @@ import torch
 
 from .geometry import default_margin
 
-__all__ = ["DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER", "FIDELITY", "MosaicSettings", "ViewSettings", "check_view_ranges"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_ALPHA", "PAPER", "FIDELITY", "PRUNE_MIN_ROWS", "MosaicSettings", "ViewSettings",
+           "check_view_ranges", "resolved_pruning"]
 
 DEFAULT_SIGMA = 7.5
 """Default σ of Eq. 5 in pixels of the 220-px box; other sizes scale it by ``size / 220``.
@@ -82,6 +83,12 @@ class MosaicSettings:
         retrieval_budget: bytes of the exact retrieval's work buffers per pool chunk (not a semantic setting);
             ``None`` (default): 4 MiB on the CPU (a chunk stays in cache), 1 GiB on CUDA (few kernel launches)
             (:func:`resolved_retrieval_budget`).
+        retrieval: how the exact retrieval (Eq. 4) runs; every choice gives the same matches (not a semantic
+            setting). ``"scan"``: Eq. 3 for every pool row. ``"pruned"``: a lower bound skips the rows that
+            cannot win and Eq. 3 runs on the rest (:mod:`gpumosaic.pruning`; ``nonzero`` inside: a host sync on
+            CUDA, so never inside a compiled graph, where the scan is used). ``"auto"`` (default): pruned on the
+            CPU for indexes of at least :data:`PRUNE_MIN_ROWS` virtual entries (measured faster there,
+            docs/performance.md), the scan otherwise.
         soft: differentiable soft mode (:mod:`gpumosaic.soft`, docs/differentiable.md): softmax of the
             log-probability maps at temperature τ instead of the argmax, smooth skeleton distance and
             smooth windows, so mosaics have gradients w.r.t. the query joints (matches stay discrete).
@@ -118,6 +125,7 @@ class MosaicSettings:
     compat_weight: float = 0.0
     warp_chunk: int = 256
     retrieval_budget: int | None = None
+    retrieval: str = "auto"
     soft: bool = False
     temperature: float = 1.0
     warps: str = "auto"
@@ -140,6 +148,8 @@ class MosaicSettings:
             raise ValueError(f"Expected padding_mode 'border', 'zeros' or 'reflection', got {self.padding_mode!r}")
         if not 0 <= self.compat_weight < float("inf"):
             raise ValueError(f"Expected a finite compat_weight >= 0, got {self.compat_weight}")
+        if self.retrieval not in ("auto", "scan", "pruned"):
+            raise ValueError(f"Expected retrieval 'auto', 'scan' or 'pruned', got {self.retrieval!r}")
         if self.warps not in ("auto", "dense", "sparse"):
             raise ValueError(f"Expected warps 'auto', 'dense' or 'sparse', got {self.warps!r}")
         if not 0 < self.temperature < float("inf"):
@@ -174,6 +184,19 @@ class MosaicSettings:
                 raise TypeError(f"Expected settings to be a MosaicSettings, got {type(settings).__name__}")
             return settings
         return cls(**given)
+
+
+PRUNE_MIN_ROWS = 32768
+"""Index size (virtual entries, mirrored ones included) from which ``retrieval="auto"`` prunes on the CPU: at
+20,000 entries the pruned search and the scan cost the same, at 160,000 the pruned one about 0.6 of the scan
+(docs/performance.md)."""
+
+
+def resolved_pruning(settings: MosaicSettings, device: torch.device, num_entries: int) -> bool:
+    """Whether the exact retrieval skips rows by its lower bound (``settings.retrieval``, resolved)."""
+    if settings.retrieval != "auto":
+        return settings.retrieval == "pruned"
+    return torch.device(device).type == "cpu" and num_entries >= PRUNE_MIN_ROWS
 
 
 def resolved_retrieval_budget(settings: MosaicSettings, device: torch.device) -> int:

@@ -37,7 +37,7 @@ from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
 from .pairwise import tree_potts_matches
 from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
-from .settings import MosaicSettings, resolved_retrieval_budget
+from .settings import MosaicSettings, resolved_pruning, resolved_retrieval_budget
 from .skeleton import Skeleton
 from .sources.base import Pool2D
 from .warp import source_inside, warp_blend_sparse, warp_gather
@@ -247,7 +247,7 @@ def match_and_map(
         query: float (B, J, 2) query poses (any frame; fitted into the S×S box here), on ``prepared``'s
             device.
         searched: bool (B, J) joints to search.
-        settings: ``size``, ``margin``, ``sigma`` and ``retrieval_budget`` are used.
+        settings: ``size``, ``margin``, ``sigma``, ``retrieval_budget`` and ``retrieval`` are used.
         prepared: the pool (:func:`prepare_pool`).
         matches: int64 (B, J) virtual pool entries to use instead of retrieval (e.g. to hold matches
             fixed while fitting a pose), or ``None`` to retrieve (Eq. 4).
@@ -270,7 +270,7 @@ def match_and_map(
         matches = tree_potts_matches(unary, prepared.skeleton, s.compat_weight, searched)
     elif matches is None:
         matches, _ = index.best(p.detach().to(index.joints.dtype), searched, budget_bytes=budget,
-                                compiled=s.compile == "retrieval")
+                                compiled=s.compile == "retrieval", pruned=resolved_pruning(s, p.device, len(index)))
     else:
         matches = matches.masked_fill(~searched, -1)
     m = matches.clamp_min(0)  # unsearched joints read entry 0; masked out below

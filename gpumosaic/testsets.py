@@ -18,6 +18,12 @@ Kinds (:data:`TEST_KINDS`, ``--test KIND:PATH``):
 ``groups`` number the test *instants*: entries of one group are not independent (one moment seen by several
 cameras, one mocap pose rendered from several views) and are resampled together by the bootstrap.
 
+Selection (``--test KIND:PATH:SELECTOR``, ``load_test_set(..., selection=)``, :func:`select_test_set`): the
+grammar of pools and mocap (:mod:`gpumosaic.sources.select`) with keys ``id`` (``annotations.ids``: the loader's
+provenance id; ``jsonl``: the record's ``index``, else its 0-based line number; ``h36m``: the frame number),
+``row`` (position in the loaded test set), and ``seq`` / ``frame`` (``id // 100000`` / ``id % 100000``, so for
+ids below 100000 ``frame`` is the id itself and ``seq`` is 0).
+
 Convention:
     2D ground truth in pixels of the original image (``x`` right, ``y`` down, pixel centres at integers);
     3D ground truth in metres, camera frame (``x`` right, ``y`` down, ``z`` forward), torso-centred.
@@ -37,8 +43,10 @@ import torch
 from .camera import torso_centre
 from .skeleton import LSP14, Skeleton, get_skeleton
 from .sources.build import POOL_KINDS, Annotations2D, LoadReport, load_annotations
+from .sources.select import Selection, parse_selection
 
-__all__ = ["TEST_KINDS", "TestSet", "load_test_set", "load_jsonl_test_set", "load_h36m_test_set", "fit_camera"]
+__all__ = ["TEST_KINDS", "TestSet", "load_test_set", "select_test_set", "load_jsonl_test_set", "load_h36m_test_set",
+           "fit_camera"]
 
 TEST_KINDS = tuple(sorted(POOL_KINDS)) + ("jsonl", "h36m")
 """Test set kinds accepted by :func:`load_test_set`."""
@@ -82,7 +90,8 @@ class TestSet:
                        pose3d=None if self.pose3d is None else self.pose3d[index])
 
 
-def load_test_set(kind: str, path: str | os.PathLike, *, group_by: str = "default", **options) -> TestSet:
+def load_test_set(kind: str, path: str | os.PathLike, *, group_by: str = "default",
+                  selection: Selection | str | None = None, **options) -> TestSet:
     """Read a test set of kind ``kind`` (:data:`TEST_KINDS`) at ``path``.
 
     Args:
@@ -91,6 +100,9 @@ def load_test_set(kind: str, path: str | os.PathLike, *, group_by: str = "defaul
         group_by: ``"default"`` (the kind's instants: H36M frames across cameras, ``jsonl`` mocap poses,
             else every entry alone), ``"entry"`` (every entry alone) or ``"id"`` (entries sharing a
             provenance id, e.g. the frame number of several cameras' OpenPose files).
+        selection: keep only these entries (:func:`select_test_set`; a
+            :class:`~gpumosaic.sources.select.Selection` or selector text such as ``"frame=0-49"``);
+            ``None`` keeps all.
         **options: the loader's keywords (see :func:`load_jsonl_test_set`, :func:`load_h36m_test_set` and
             the 2D loaders).
     """
@@ -110,7 +122,36 @@ def load_test_set(kind: str, path: str | os.PathLike, *, group_by: str = "defaul
         test = replace(test, groups=torch.arange(len(test)))
     elif group_by == "id":
         test = replace(test, groups=torch.unique(test.annotations.ids, return_inverse=True)[1])
-    return test
+    return test if selection is None else select_test_set(test, selection)
+
+
+def select_test_set(test: TestSet, selection: Selection | str) -> TestSet:
+    """The entries of ``test`` that ``selection`` keeps, in their order (see the module docstring for the keys).
+
+    Groups are renumbered 0..G-1 over the kept entries (an instant keeps its entries that are selected);
+    ``name`` gains the selector.
+
+    Args:
+        test: the test set.
+        selection: a :class:`~gpumosaic.sources.select.Selection` or selector text (``"id=3-7|frame=20-"``).
+
+    Raises:
+        ValueError: the selector does not parse, or keeps no entry (naming the selector and the test set).
+    """
+    if isinstance(selection, str):
+        selection = parse_selection(selection)
+    elif not isinstance(selection, Selection):
+        raise TypeError(f"Expected selection as a Selection or a selector string, got {type(selection).__name__}")
+    keep = selection.mask(test.annotations.ids)
+    index = torch.nonzero(keep).reshape(-1)
+    if index.numel() == 0:
+        ids = test.annotations.ids
+        span = f"ids {int(ids.min())}..{int(ids.max())}" if len(ids) else "no ids"
+        raise ValueError(f"Selection {selection.text!r} keeps none of the {len(test)} entries of test set "
+                         f"{test.name} ({span}; id, row, seq = id // 100000 and frame = id % 100000 are tested)")
+    sub = test.subset(index)
+    return replace(sub, groups=torch.unique(sub.groups, return_inverse=True)[1],
+                   name=f"{test.name}:{selection.text}")
 
 
 def _field(record: dict, name: str, shape: tuple, where: str) -> np.ndarray:

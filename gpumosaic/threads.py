@@ -17,9 +17,10 @@ The default chosen here
       snapshots 0.1 s apart (:data:`LOAD_WINDOW_S`; the process sleeps meanwhile): the non-idle jiffies
       (idle and iowait count as idle, steal as busy) of the CPUs in the affinity, less this process's own
       CPU time, in core-equivalents ``b``; ``ceil(b - 0.5)`` cores count as busy (a core more than half
-      used). Why 0.5: torch splits a parallel region evenly between its threads and waits for the slowest,
-      so a thread on a core that another process holds a fraction ``f`` of the time makes the region as slow
-      as ``1 / (1 - f)`` of its share; at ``f = 0.5`` two threads are as fast as one, above it slower.
+      used). Why 0.5: torch splits a parallel region evenly between its threads and waits for the slowest;
+      a thread on a core that another process holds a fraction ``f`` of the time runs its half at ``1 - f``
+      speed, so two threads take ``max(1/2, 1/(2(1 - f)))`` of one thread's time: equal at ``f = 0.5``,
+      slower above.
       The sum over the CPUs (not a per-CPU test) is used because the scheduler moves a competitor between
       cores: one busy process can show as 50 % on each of two. Without ``/proc/stat`` (macOS, Windows) the
       1-minute load average (``os.getloadavg``) stands in for ``b``; without either, no core counts busy.

@@ -423,20 +423,43 @@ def _bilinear_taps(
     The same arithmetic as ``grid_sample(align_corners=False)`` on the unnormalised coordinate: "border"
     clamps the coordinate into ``[0, size - 1]`` first; "reflection" reflects it about ``-0.5`` and
     ``size - 0.5`` (period ``2·size``) and then clamps it; "zeros" drops taps outside the image.
+
+    With "border" or "reflection" (and sources of at least 2×2 pixels) the top-left tap is kept at most at
+    ``size - 2``, so that the four taps are one base offset plus ``0, 1, Ws, Ws + 1`` with no clamp per tap:
+    a coordinate on the last column (row) then has ``fx = 1`` (``fy = 1``) instead of 0, which puts the same
+    weight on the same pixel and an exact zero weight on its neighbour: bit-identical samples.
     """
-    n, channels, src_h, src_w = pool_images.shape
+    _, channels, src_h, src_w = pool_images.shape
     if padding_mode == "reflection":
         x, y = _reflect(x, src_w), _reflect(y, src_h)
     if padding_mode in ("border", "reflection"):
         x = x.clamp(0, src_w - 1)
         y = y.clamp(0, src_h - 1)
     x0f, y0f = torch.floor(x), torch.floor(y)
+    # Addressed through the tensor's own strides: a channels-last or otherwise strided pool is read in place
+    # (``reshape(-1)`` would copy the whole pool on every call).
+    s_n, s_c, s_h, s_w = pool_images.stride()
+    if pool_images.is_contiguous():
+        flat = pool_images.view(-1)
+    else:
+        span = 1 + sum((size - 1) * stride for size, stride in zip(pool_images.shape, pool_images.stride()))
+        flat = pool_images.as_strided((span,), (1,), pool_images.storage_offset())
+    chan = torch.arange(channels, device=x.device) * s_c
+    base = image * s_n
+    if padding_mode != "zeros" and src_h >= 2 and src_w >= 2:
+        x0f.clamp_(max=src_w - 2)
+        y0f.clamp_(max=src_h - 2)
+        fx, fy = x - x0f, y - y0f
+        first = (base + y0f.long() * s_h + x0f.long() * s_w)[:, None] + chan  # (K, C) top-left taps
+        gx, gy = 1 - fx, 1 - fy
+        out = None
+        for offset, w in ((0, gx * gy), (s_w, fx * gy), (s_h, gx * fy), (s_h + s_w, fx * fy)):
+            tap = first if offset == 0 else first + offset
+            term = flat.index_select(0, tap.view(-1)).view(tap.shape).to(w.dtype).mul_(w[:, None])
+            out = term if out is None else out.add_(term)
+        return out
     fx, fy = x - x0f, y - y0f
     x0, y0 = x0f.long(), y0f.long()
-    flat = pool_images.reshape(-1)
-    plane = src_h * src_w
-    chan = torch.arange(channels, device=x.device) * plane
-    base = image * (channels * plane)
     out = None
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):
@@ -445,7 +468,7 @@ def _bilinear_taps(
             if padding_mode == "zeros":
                 w = w * ((xi >= 0) & (xi < src_w) & (yi >= 0) & (yi < src_h)).to(w.dtype)
             xi, yi = xi.clamp(0, src_w - 1), yi.clamp(0, src_h - 1)
-            vals = flat[(base + yi * src_w + xi)[:, None] + chan].to(w.dtype)  # (K, C)
+            vals = flat[(base + yi * s_h + xi * s_w)[:, None] + chan].to(w.dtype)  # (K, C)
             term = vals * w[:, None]
             out = term if out is None else out + term
     return out
@@ -491,22 +514,25 @@ def warp_blend_sparse(
     if pool_images.is_floating_point():  # as dense warps + blend: the promoted dtype of images and weights
         weights = weights.to(torch.promote_types(weights.dtype, pool_images.dtype))
     b, j, v, u = (weights != 0).nonzero().unbind(1)
-    src_from_dst = invert_affine(dst_from_src.to(weights.dtype))[b, j]  # (K, 2, 3)
+    bj = b * num_j + j  # (K,) row of each sample's (b, j) in the flattened (B * J) matches
+    pixel_in = v * width + u
+    src_from_dst = invert_affine(dst_from_src.to(weights.dtype)).reshape(bsz * num_j, 6).index_select(0, bj)
     uf, vf = u.to(weights.dtype), v.to(weights.dtype)
-    x = src_from_dst[:, 0, 0] * uf + src_from_dst[:, 0, 1] * vf + src_from_dst[:, 0, 2]
-    y = src_from_dst[:, 1, 0] * uf + src_from_dst[:, 1, 1] * vf + src_from_dst[:, 1, 2]
-    samples = _bilinear_taps(pool_images, index[b, j], x, y, padding_mode)  # (K, C)
+    x = src_from_dst[:, 0] * uf + src_from_dst[:, 1] * vf + src_from_dst[:, 2]
+    y = src_from_dst[:, 3] * uf + src_from_dst[:, 4] * vf + src_from_dst[:, 5]
+    samples = _bilinear_taps(pool_images, index.reshape(-1).index_select(0, bj), x, y, padding_mode)  # (K, C)
     if not pool_images.is_floating_point():
         samples = samples / 255.0
-    pixel = (b * height + v) * width + u
+    pixel = b * (height * width) + pixel_in
+    weight = weights.reshape(-1).index_select(0, bj * (height * width) + pixel_in)
 
     def scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(bsz * height * width, channels, dtype=weights.dtype, device=weights.device)
         out = out.index_add(0, rows, values)
         return out.view(bsz, height, width, channels).permute(0, 3, 1, 2)
 
-    blended = scatter(samples * weights[b, j, v, u][:, None], pixel)
+    blended = scatter(samples * weight[:, None], pixel)
     if index_map is None:
         return blended
-    chosen = (j == index_map.reshape(-1)[pixel]).nonzero()[:, 0]  # one sample per pixel
-    return blended, scatter(samples[chosen], pixel[chosen])
+    chosen = (j == index_map.reshape(-1).index_select(0, pixel)).nonzero()[:, 0]  # one sample per pixel
+    return blended, scatter(samples.index_select(0, chosen), pixel.index_select(0, chosen))

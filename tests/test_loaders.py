@@ -257,13 +257,38 @@ BODY25 = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow"
           "LHeel", "RBigToe", "RSmallToe", "RHeel")
 COCO18 = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "RHip", "RKnee",
           "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar")
+# BODY_25B (OpenPose's experimental model, Pose2Sim's skeletons.BODY_25B): COCO's 17 first, then its own
+# "Neck" (the upper neck, named UpperNeck here to keep it apart from BODY_25's mid-shoulder Neck), Head top, feet.
+BODY25B = ("Nose", "LEye", "REye", "LEar", "REar", "LShoulder", "RShoulder", "LElbow", "RElbow", "LWrist", "RWrist",
+           "LHip", "RHip", "LKnee", "RKnee", "LAnkle", "RAnkle", "UpperNeck", "Head", "LBigToe", "LSmallToe", "LHeel",
+           "RBigToe", "RSmallToe", "RHeel")
 OP_FOR_LSP = ("RAnkle", "RKnee", "RHip", "LHip", "LKnee", "LAnkle", "RWrist", "RElbow", "RShoulder", "LShoulder",
               "LElbow", "LWrist", "Neck")
 
+# A person facing the camera, upright, in pixels (its right side on the image's left). BODY_25's Neck and
+# MidHip are the midpoints of the shoulders and of the hips, as OpenPose trains them.
+OP_TEMPLATE = {
+    "Head": (200, 50), "Nose": (200, 80), "LEye": (206, 74), "REye": (194, 74), "LEar": (214, 78),
+    "REar": (186, 78), "UpperNeck": (200, 100), "Neck": (200, 112), "LShoulder": (230, 112),
+    "RShoulder": (170, 112), "LElbow": (240, 160), "RElbow": (160, 160), "LWrist": (245, 205),
+    "RWrist": (155, 205), "LHip": (218, 200), "RHip": (182, 200), "MidHip": (200, 200), "LKnee": (220, 270),
+    "RKnee": (180, 270), "LAnkle": (222, 340), "RAnkle": (178, 340), "LBigToe": (230, 350),
+    "LSmallToe": (235, 348), "LHeel": (218, 345), "RBigToe": (170, 350), "RSmallToe": (165, 348),
+    "RHeel": (182, 345)}
 
-def _op_person(rng, names, conf=0.8):
-    xy = rng.uniform(10, 400, size=(len(names), 2))
+
+def _op_person(rng, names, conf=0.8, scale=1.0, offset=None, jitter=2.0):
+    """The template person in layout ``names``, jittered by up to ``jitter`` px, scaled, shifted by ``offset``
+    (default: random in [0, 200)^2); returns ``(xy (K, 2), keypoints (K, 3))``."""
+    offset = rng.uniform(0, 200, size=2) if offset is None else np.asarray(offset, float)
+    xy = np.array([OP_TEMPLATE[n] for n in names], float) + rng.uniform(-jitter, jitter, size=(len(names), 2))
+    xy = xy * scale + offset
     return xy, np.concatenate([xy, np.full((len(names), 1), conf)], 1)
+
+
+def _write_op(path, people):
+    path.write_text(json.dumps({"version": 1.3, "people": [
+        {"person_id": [-1], "pose_keypoints_2d": np.asarray(p).ravel().tolist()} for p in people]}))
 
 
 @pytest.mark.parametrize("names", [BODY25, COCO18], ids=["body25", "coco18"])
@@ -276,15 +301,12 @@ def test_openpose_most_confident_person(tmp_path, names):
     xy_b, b = _op_person(rng, names, 0.9)
     _, c = _op_person(rng, names, 0.9)
     c[names.index("RKnee"), 2] = 0.0
+    assert np.abs(xy_a - xy_b).min() > 1  # the two people are told apart
 
-    def write(name, people):
-        (tmp_path / name).write_text(json.dumps(
-            {"version": 1.3, "people": [{"person_id": [-1], "pose_keypoints_2d": p.ravel().tolist()} for p in people]}))
-
-    write("v_000000000000_keypoints.json", [a, b])
-    write("v_000000000001_keypoints.json", [])
-    write("v_000000000002_keypoints.json", [c])
-    write("v_000000000003_keypoints.json.old", [c[:5]])  # a backup in a bad layout: must be ignored
+    _write_op(tmp_path / "v_000000000000_keypoints.json", [a, b])
+    _write_op(tmp_path / "v_000000000001_keypoints.json", [])
+    _write_op(tmp_path / "v_000000000002_keypoints.json", [c])
+    _write_op(tmp_path / "v_000000000003_keypoints.json.old", [c[:5]])  # a backup in a bad layout: must be ignored
     (tmp_path / "v_000000000000.png").write_bytes(b"")
     with pytest.warns(DroppedEntriesWarning, match="kept 1 of 3"):
         ann = load_openpose(tmp_path)
@@ -294,6 +316,97 @@ def test_openpose_most_confident_person(tmp_path, names):
     centre = (k["LEar"] + k["REar"]) / 2
     expected = [k[n] for n in OP_FOR_LSP] + [k["Neck"] + HEAD_TOP_FACTOR * (centre - k["Neck"])]
     assert_close(ann.joints[0], np.array(expected), atol=1e-4)
+
+
+# LSP14 joints of OP_TEMPLATE, by hand: limbs r_ankle ... l_wrist; then neck and head top.
+_LSP_LIMBS = [(178, 340), (180, 270), (182, 200), (218, 200), (220, 270), (222, 340), (155, 205), (160, 160),
+              (170, 112), (230, 112), (240, 160), (245, 205)]
+# BODY_25 / COCO-18: neck = mid-shoulder Neck (200, 112); ears' midpoint (200, 78);
+# head_top = neck + 1.7 * (78 - 112) in y = (200, 112 - 57.8) = (200, 54.2).
+_EXPECTED_FACE_LAYOUT = np.array(_LSP_LIMBS + [(200, 112), (200, 54.2)])
+# BODY_25B: neck = its upper Neck (200, 100), head_top = its Head (200, 50), taken as they are.
+_EXPECTED_BODY25B = np.array(_LSP_LIMBS + [(200, 100), (200, 50)])
+
+
+@pytest.mark.parametrize("names, layout, expected, read_as", [
+    (BODY25, "auto", _EXPECTED_FACE_LAYOUT, "BODY_25"), (BODY25, "BODY_25", _EXPECTED_FACE_LAYOUT, "BODY_25"),
+    (COCO18, "auto", _EXPECTED_FACE_LAYOUT, "COCO_18"), (COCO18, "coco_18", _EXPECTED_FACE_LAYOUT, "COCO_18"),
+    (BODY25B, "BODY_25B", _EXPECTED_BODY25B, "BODY_25B"), (BODY25B, "body_25b", _EXPECTED_BODY25B, "BODY_25B")],
+    ids=["body25-auto", "body25", "coco18-auto", "coco18", "body25b", "body25b-lower"])
+def test_openpose_layouts_hand_computed(tmp_path, names, layout, expected, read_as):
+    from gpumosaic.sources.openpose import load_openpose
+
+    rng = np.random.default_rng(0)
+    shift = np.array([10.0, 5.0])
+    for f in range(2):  # frame f is the template shifted by f * (10, 5)
+        _, kp = _op_person(rng, names, offset=f * shift, jitter=0.0)
+        _write_op(tmp_path / f"v_{f:012d}_keypoints.json", [kp])
+    ann = load_openpose(tmp_path, layout=layout)
+    assert ann.ids.tolist() == [0, 1]
+    assert_close(ann.joints, np.stack([expected, expected + shift]), atol=1e-4)
+    assert ann.visible.all()
+    assert ann.report.notes[0].startswith(read_as + ";")
+
+
+def test_openpose_body25_evidence_hand_computed():
+    from gpumosaic.sources.openpose import body25_evidence
+
+    b25 = np.array([OP_TEMPLATE[n] for n in BODY25], float)[None]
+    b25b = np.array([OP_TEMPLATE[n] for n in BODY25B], float)[None]
+    ev = body25_evidence(b25, np.ones((1, 25), bool))
+    # BODY_25: MidHip (200, 200) is the hips' midpoint: 0. Keypoint 17 is REar (186, 78) against the midpoint
+    # of LShoulder (230, 112) and LElbow (240, 160) = (235, 136): |(49, 58)| = 75.93; size = 350 - 74 = 276.
+    assert ev["body25"] == pytest.approx(0.0, abs=1e-12) and ev["body25_frames"] == 1
+    assert ev["body25b"] == pytest.approx(np.hypot(49, 58) / 276, rel=1e-9)
+    ev = body25_evidence(b25b, np.ones((1, 25), bool))
+    # BODY_25B: keypoint 8 is RElbow (160, 160) against the midpoint of LWrist (245, 205) and RHip (182, 200)
+    # = (213.5, 202.5): |(53.5, 42.5)| = 68.33; size = 350 - 50 = 300. Keypoint 17, the upper neck (200, 100),
+    # against the shoulders' midpoint (200, 112): 12 / 300 = 0.04.
+    assert ev["body25"] == pytest.approx(np.hypot(53.5, 42.5) / 300, rel=1e-9)
+    assert ev["body25b"] == pytest.approx(0.04, rel=1e-9)
+    present = np.ones((1, 25), bool)
+    present[0, 8] = False
+    assert body25_evidence(b25b, present)["body25"] is None
+
+
+def test_openpose_auto_refuses_body25b_and_ambiguous(tmp_path):
+    from gpumosaic.sources.openpose import load_openpose
+
+    rng = np.random.default_rng(1)
+    _, kp = _op_person(rng, BODY25B, offset=(0, 0), jitter=0.0)
+    _write_op(tmp_path / "a_keypoints.json", [kp])
+    with pytest.raises(ValueError,
+                       match=r"look like BODY_25B \(keypoint 8 lies 0\.228 .* keypoint 17 lies 0\.040") as err:
+        load_openpose(tmp_path)
+    assert "layout='BODY_25B'" in str(err.value) and "--pool-option layout=BODY_25B" in str(err.value)
+    assert "--test-option layout=BODY_25B" in str(err.value)
+
+    # BODY_25 with MidHip 60 px below the hips' midpoint: neither test holds (60 / 276 = 0.217 and 0.275).
+    amb = tmp_path / "amb"
+    amb.mkdir()
+    _, kp = _op_person(rng, BODY25, offset=(0, 0), jitter=0.0)
+    kp[BODY25.index("MidHip"), 1] += 60
+    _write_op(amb / "a_keypoints.json", [kp])
+    with pytest.raises(ValueError, match=r"cannot be told apart \(keypoint 8 lies 0\.217 .* 17 lies 0\.275"):
+        load_openpose(amb)
+    # ... and MidHip undetected: not measurable, still refused; read as BODY_25 when told so.
+    kp[BODY25.index("MidHip"), 2] = 0.0
+    _write_op(amb / "a_keypoints.json", [kp])
+    with pytest.raises(ValueError, match="cannot be told apart .*not measurable"):
+        load_openpose(amb)
+    assert_close(load_openpose(amb, layout="BODY_25").joints[0], _EXPECTED_FACE_LAYOUT, atol=1e-4)
+
+
+def test_openpose_layout_errors(tmp_path):
+    from gpumosaic.sources.openpose import load_openpose
+
+    rng = np.random.default_rng(2)
+    _write_op(tmp_path / "a_keypoints.json", [_op_person(rng, COCO18)[1]])
+    with pytest.raises(ValueError, match=r"has 54 numbers; layout='BODY_25B' expects 75"):
+        load_openpose(tmp_path, layout="BODY_25B")
+    with pytest.raises(ValueError,
+                       match=r"Expected layout among \('auto', 'BODY_25', 'BODY_25B', 'COCO_18'\), got 'BODY25'"):
+        load_openpose(tmp_path, layout="BODY25")
 
 
 def test_openpose_malformed(tmp_path):

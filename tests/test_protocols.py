@@ -335,3 +335,80 @@ def test_predict_test_set_and_cli(tmp_path, tiny_backbone, capsys):
     with pytest.raises(SystemExit, match="predictions for a test set"):
         (tmp_path / "short.jsonl").write_text((tmp_path / "p.jsonl").read_text().splitlines()[0] + "\n")
         cli.main(["evaluate", "--test", f"jsonl:{tmp_path}", "--predictions", str(tmp_path / "short.jsonl")])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Selecting part of a test set (KIND:PATH:SELECTOR)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_select_test_set_hand_computed(tmp_path):
+    from gpumosaic.sources.select import Selection
+    from gpumosaic.testsets import select_test_set
+
+    root, poses = _lsp_fixture(tmp_path)  # LSP ids: the 0-based image numbers 0, 1, 2
+    full = load_test_set("lsp", root)
+    for selector, ids in (("id=0+2", [0, 2]), ("row=1-", [1, 2]), ("frame=1", [1]), ("seq=0,id=2|id=0", [0, 2])):
+        test = load_test_set("lsp", root, selection=selector)
+        assert test.annotations.ids.tolist() == ids, selector
+        np.testing.assert_allclose(test.annotations.joints.numpy(), np.stack([poses[i] for i in ids]), atol=1e-4)
+        assert test.groups.tolist() == list(range(len(ids))) and test.name == f"lsp:{root}:{selector}"
+        assert [p.name for p in test.annotations.image_paths] == [f"im{i + 1:04d}.jpg" for i in ids]
+    test = select_test_set(full, Selection.where(id=range(1, 3)))
+    assert test.annotations.ids.tolist() == [1, 2]
+
+    # jsonl: ids = line numbers 0..3, groups = mocap_index [0, 0, 1, 1], renumbered over the kept entries
+    (tmp_path / "j").mkdir()
+    _jsonl_fixture(tmp_path / "j", n=4)
+    full = load_test_set("jsonl", tmp_path / "j")
+    test = load_test_set("jsonl", tmp_path / "j", selection="id=1-2")
+    assert test.annotations.ids.tolist() == [1, 2] and test.groups.tolist() == [0, 1]
+    torch.testing.assert_close(test.pose3d, full.pose3d[1:3])
+    test = load_test_set("jsonl", tmp_path / "j", selection="id=2-3")
+    assert test.groups.tolist() == [0, 0]  # one mocap pose seen twice: still one instant
+
+    with pytest.raises(ValueError,
+                       match=r"Selection 'id=50-60' keeps none of the 3 entries of test set lsp:.*ids 0\.\.2"):
+        load_test_set("lsp", root, selection="id=50-60")
+    with pytest.raises(ValueError, match="KEY=RANGES"):
+        load_test_set("lsp", root, selection="image=1")
+
+
+# BODY_25B index of each LSP14 joint, from the names of OpenPose's BODY_25B model (0 Nose, 1 LEye, 2 REye,
+# 3 LEar, 4 REar, 5 LShoulder, 6 RShoulder, 7 LElbow, 8 RElbow, 9 LWrist, 10 RWrist, 11 LHip, 12 RHip, 13 LKnee,
+# 14 RKnee, 15 LAnkle, 16 RAnkle, 17 Neck (upper neck), 18 Head (top)).
+_B25B_OF_LSP = (16, 14, 12, 11, 13, 15, 10, 8, 6, 5, 7, 9, 17, 18)
+
+
+def test_evaluate_cli_selects_test_entries(tmp_path, capsys):
+    """``--test openpose:DIR:frame=1-2 --test-option layout=BODY_25B``: frames 1 and 2 of three, read as BODY_25B;
+    predictions equal to those frames' ground truth score 0, to the others' would not."""
+    folder = tmp_path / "op"
+    folder.mkdir()
+    poses = [_pose((20 + 7 * f, 30 + 3 * f), 1.0 + 0.1 * f) for f in range(3)]
+    for f, p in enumerate(poses):
+        kp = np.zeros((25, 3))
+        kp[:, :2] = 1.0  # face and feet: present, unused
+        kp[:, 2] = 0.9
+        kp[list(_B25B_OF_LSP), :2] = p
+        (folder / f"v_{f:012d}_keypoints.json").write_text(json.dumps({"people": [
+            {"pose_keypoints_2d": kp.ravel().tolist()}]}))
+        _image(folder / f"v_{f:012d}.png", 160, 160, seed=f)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"index": i, "pose2d": poses[f].tolist()}) + "\n"
+                             for i, f in enumerate((1, 2))))
+    out = tmp_path / "r.json"
+    assert cli.main(["evaluate", "--test", f"openpose:{folder}:frame=1-2", "--test-option", "layout=BODY_25B",
+                     "--predictions", str(preds), "--n-boot", "20", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["info"]["n"] == 2 and report["info"]["test_set"].endswith(":frame=1-2")
+    assert report["summary"]["error2d_px_all"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    # the same predictions against frames 0 and 1 are off
+    assert cli.main(["evaluate", "--test", f"openpose:{folder}:frame=0-1", "--test-option", "layout=BODY_25B",
+                     "--predictions", str(preds), "--n-boot", "20", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["summary"]["error2d_px_all"]["mean"] > 1.0
+    with pytest.raises(SystemExit, match="keeps none of the 3 entries"):
+        cli.main(["evaluate", "--test", f"openpose:{folder}:frame=5-", "--test-option", "layout=BODY_25B",
+                  "--predictions", str(preds)])
+    with pytest.raises(SystemExit, match="look like BODY_25B.*--test-option layout=BODY_25B"):
+        cli.main(["evaluate", "--test", f"openpose:{folder}", "--predictions", str(preds)])

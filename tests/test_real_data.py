@@ -15,6 +15,7 @@ import json
 import sys
 import tarfile
 import tomllib
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import gpumosaic.sources.real as real
 from gpumosaic.cli import build_parser, load_sources, main
 from gpumosaic.skeleton import LSP14
 from gpumosaic.sources.base import Mocap3D, Pool2D
-from gpumosaic.sources.build import MOCAP_KINDS, POOL_KINDS
+from gpumosaic.sources.build import MOCAP_KINDS, POOL_KINDS, DroppedEntriesWarning
 from gpumosaic.sources.demo import load_demo_mocap, load_demo_pool
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -98,6 +99,37 @@ def test_pose2sim_trc_reprojects_onto_the_openpose_keypoints():
     print("median reprojection error (px) per camera:", {k: round(v, 1) for k, v in medians.items()})
     good = sorted(medians.values())[:3]
     assert max(good) < 15.0, medians
+
+
+@needs_files
+def test_openpose_loader_reads_pose2sim_body25b_like_real_py(tmp_path):
+    """load_openpose(layout="BODY_25B") on a few Pose2Sim files gives load_pose2sim_annotations' joints, and
+    layout="auto" refuses every camera's files as BODY_25B instead of misreading them as BODY_25."""
+    from gpumosaic.sources.openpose import load_openpose
+
+    frames = (0, 17, 42, 99)
+    for cam in (1, 2, 3, 4):
+        folder = FILES / "pose2sim" / "pose" / f"cam{cam:02d}_json"
+        mine = tmp_path / f"cam{cam}"
+        mine.mkdir()
+        for f in frames:
+            (mine / f"cam{cam:02d}.{f:04d}.json").write_bytes((folder / f"cam{cam:02d}.{f:04d}.json").read_bytes())
+        with pytest.raises(ValueError, match="look like BODY_25B"):
+            load_openpose(mine)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DroppedEntriesWarning)
+            ref = real.load_pose2sim_annotations(FILES, cam)
+            ann = load_openpose(mine, layout="BODY_25B")
+        ref_rows = {int(i) % real.ID_BASE: r for r, i in enumerate(ref.ids.tolist())}
+        got_rows = {frames[int(i)]: r for r, i in enumerate(ann.ids.tolist())}
+        common = sorted(set(ref_rows) & set(got_rows))
+        assert len(common) >= 3, (cam, sorted(ref_rows)[:5], sorted(got_rows))
+        for f in common:
+            assert torch.equal(ann.joints[got_rows[f]], ref.joints[ref_rows[f]]), (cam, f)
+            # and against the JSON parsed here, by Pose2Sim's names
+            kp = _best_person(mine / f"cam{cam:02d}.{f:04d}.json")
+            expected = np.array([kp[B25B[m], :2] for m in LSP_MARKERS])
+            np.testing.assert_allclose(ann.joints[got_rows[f]].numpy(), expected, atol=1e-3)
 
 
 @needs_cache
@@ -389,8 +421,8 @@ def _pool_fixture(kind, root, rng):
         return root / "annotations" / "person_keypoints_val2017.json", {}, 1
     if kind == "openpose":
         for f in range(2):
-            _, kp = tl._op_person(rng, tl.BODY25)
-            kp[:, :2] = rng.uniform(20, 80, size=(25, 2))
+            # the template person (x 155-245, y 50-350) scaled and shifted into [20, 80]^2
+            _, kp = tl._op_person(rng, tl.BODY25, scale=0.19, offset=(20 - 0.19 * 150 + 5 * f, 20 - 0.19 * 45))
             (root / f"v_{f:012d}_keypoints.json").write_text(json.dumps(
                 {"people": [{"pose_keypoints_2d": kp.ravel().tolist()}]}))
             _image(root / f"v_{f:012d}.png", seed=f)

@@ -195,3 +195,89 @@ def test_exact_search_ties_go_to_lowest_index_across_chunks(rows_per_chunk):
     expect = torch.where(d == dmin, torch.arange(15), 99).amin(-1)
     torch.testing.assert_close(got, expect)
     torch.testing.assert_close(got[:5], torch.tensor([1, 2, 0, 4, 3])[:, None].expand(5, 14))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pruned exact search (gpumosaic/pruning.py): the scan's result bit for bit, fewer exact D
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rotate(poses, angle, about):
+    c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+    rot = torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
+    centre = poses[:, about:about + 1]
+    return (poses - centre) @ rot.T + centre
+
+
+@pytest.fixture(scope="module")
+def pruning_case():
+    pool = _poses(80, 14, 31)
+    q = _poses(5, 14, 32)
+    q[1] = pool[17] + 0.5  # a query close to a pool row: a small best D, most rows skipped
+    idx = RetrievalIndex.build(pool, LSP14, mirror=True)
+    return q, idx, joint_distances_reference(q, idx.joints, LSP14).argmin(-1)
+
+
+@pytest.mark.parametrize("sample", [1, 7, 2048])
+@pytest.mark.parametrize("rows_per_chunk", [1, 13, 10_000])
+def test_pruned_search_equals_scan_and_brute_force(sample, rows_per_chunk, monkeypatch, pruning_case):
+    """Random pool (mirrored): the pruned search returns the scan's matches and D bit for bit, and the argmin
+    of the float64 loop of Eq. 1-3, for any first upper bound (sample size) and chunking."""
+    import gpumosaic.pruning as pruning
+
+    monkeypatch.setattr(pruning, "SAMPLE", sample)
+    q, idx, reference = pruning_case
+    budget = rows_per_chunk * 5 * 14 * 29 * 4
+    scan_i, scan_d = idx.best(q, budget_bytes=budget)
+    got_i, got_d = idx.best(q, budget_bytes=budget, pruned=True)
+    assert torch.equal(got_i, scan_i) and torch.equal(got_d, scan_d)
+    torch.testing.assert_close(got_i, reference)
+    assert idx.cache["last_survivors"] < 5 * 14 * len(idx) + 5 * 14 * min(sample, len(idx))
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 4, 1000])
+def test_pruned_search_ties_and_equal_bounds(rows_per_chunk):
+    """Adversarial cases for the bound and for ties: exact duplicates spread over the pool (ties: the lowest
+    row wins), rigidly rotated copies (every radial distance and so every bound equal, D equal up to rounding)
+    and mirrored copies (equal bounds, different D)."""
+    base = _poses(4, 14, 33)
+    rotated = torch.cat([_rotate(base[:1], a, about=3) for a in (0.3, 1.1, 2.0, 2.9)])
+    pool = torch.cat([base[[2, 0]], rotated, base, mirror_poses(base, LSP14), base[[3, 1, 0]], rotated[[2, 0]]])
+    q = torch.cat([base, rotated[:2], _poses(2, 14, 34)], 0)
+    idx = RetrievalIndex.build(pool, LSP14)
+    budget = rows_per_chunk * len(q) * 14 * 29 * 4
+    scan_i, scan_d = idx.best(q, budget_bytes=budget)
+    got_i, got_d = idx.best(q, budget_bytes=budget, pruned=True)
+    assert torch.equal(got_i, scan_i) and torch.equal(got_d, scan_d)
+    d = joint_distances_reference(q, pool, LSP14)
+    exact_copies = torch.where(d == d.amin(-1, keepdim=True), torch.arange(len(pool)), 999).amin(-1)
+    torch.testing.assert_close(got_i[:4], exact_copies[:4])  # duplicates: D bit-equal, lowest row
+    assert got_i[:4].tolist() == [[1] * 14, [7] * 14, [0] * 14, [9] * 14]
+
+
+def test_pruned_search_skips_rows_on_a_clustered_pool():
+    """Many jittered copies of few poses: the bound skips most pool rows (the exact D runs on the rest)."""
+    g = torch.Generator().manual_seed(35)
+    base = _poses(20, 14, 36)
+    pool = base.repeat(100, 1, 1) + torch.randn(2000, 14, 2, generator=g)
+    q = base[:6] + torch.randn(6, 14, 2, generator=g)
+    idx = RetrievalIndex.build(pool, LSP14, mirror=True)
+    scan = idx.best(q)
+    got = idx.best(q, pruned=True)
+    assert torch.equal(got[0], scan[0]) and torch.equal(got[1], scan[1])
+    assert idx.cache["last_survivors"] < 0.5 * 6 * 14 * len(idx)
+
+
+def test_engine_retrieval_pruned_equals_scan():
+    from gpumosaic import MosaicEngine, load_demo_pool
+
+    pool = load_demo_pool()
+    g = torch.Generator().manual_seed(37)
+    q = pool.joints[:3] + torch.randn(3, 14, 2, generator=g) * 3
+    occluded = torch.zeros(3, 14, dtype=torch.bool)
+    occluded[1, 4:7] = True
+    a = MosaicEngine(pool, size=64, retrieval="scan")(q, occluded)
+    b = MosaicEngine(pool, size=64, retrieval="pruned")(q, occluded)
+    assert torch.equal(a.matches, b.matches) and torch.equal(a.images, b.images)
+    with pytest.raises(ValueError, match="retrieval"):
+        MosaicEngine(pool, retrieval="fast")

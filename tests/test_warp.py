@@ -389,3 +389,51 @@ def test_warp_blend_sparse_gradients_match_dense():
     # Where a weight is zero the sparse path has no sample, so compare weight gradients where non-zero.
     nz = weights != 0
     torch.testing.assert_close(grads[1][1][nz], grads[0][1][nz])
+
+
+@pytest.mark.parametrize("padding_mode", ["border", "reflection", "zeros"])
+@pytest.mark.parametrize("src_size", [(6, 7), (2, 2), (1, 5), (4, 1)])
+def test_warp_blend_sparse_on_pixel_centres_and_edges(padding_mode, src_size):
+    """Samples exactly on the last row / column (and beyond it) of the source, where the sparse path keeps the
+    top-left tap at most at size - 2 (fx = 1 instead of 0): one-hot weights against the float64 plain loop,
+    for integer translations (every sample on a pixel centre), a half-pixel shift and a mirror."""
+    from gpumosaic.warp import warp_blend_sparse
+
+    g = torch.Generator().manual_seed(23)
+    hs, ws = src_size
+    pool = torch.randint(0, 256, (2, 3, hs, ws), generator=g, dtype=torch.uint8)
+    maps = [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[1.0, 0.0, -2.0], [0.0, 1.0, -1.0]],
+            [[1.0, 0.0, 1.5], [0.0, 1.0, 0.5]], [[-1.0, 0.0, ws - 1.0], [0.0, 1.0, 0.0]]]
+    aff = torch.tensor(maps, dtype=torch.float32)[None]  # (1, 4, 2, 3)
+    index = torch.tensor([[0, 1, 1, 0]])
+    h, w = hs + 3, ws + 3
+    expected = warp_images_reference(pool[index[0]], aff[0], (h, w), padding_mode)  # (4, 3, h, w)
+    for k in range(4):
+        weights = torch.zeros(1, 4, h, w)
+        weights[:, k] = 1.0
+        out = warp_blend_sparse(pool, index, aff, weights, padding_mode=padding_mode)
+        torch.testing.assert_close(out[0], expected[k], atol=1e-6, rtol=0)
+
+
+def test_warp_blend_sparse_reads_strided_pools_in_place():
+    """A channels-last pool, a sliced one and an expanded one (a single image repeated 10^6 times: 12 GB if it
+    were copied) give the same samples as the contiguous pool, read through their own strides."""
+    from gpumosaic.warp import warp_blend_sparse
+
+    g = torch.Generator().manual_seed(24)
+    pool = torch.randint(0, 256, (4, 3, 64, 64), generator=g, dtype=torch.uint8)
+    index = torch.tensor([[0, 3, 2], [1, 1, 0]])
+    aff = torch.tensor([[1.1, 0.2, 3.0], [-0.1, 0.9, -2.0]]).expand(2, 3, 2, 3).clone()
+    aff[:, 1, 0, 2] = 7.5
+    weights = torch.rand(2, 3, 20, 21, generator=g)
+    weights = torch.where(weights < 0.5, 0.0, weights)
+    for mode in ("border", "reflection", "zeros"):
+        expected = warp_blend_sparse(pool, index, aff, weights, padding_mode=mode)
+        channels_last = pool.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        sliced = torch.cat([pool[:1], pool, pool[:1]])[1:5]
+        for strided in (channels_last, sliced):
+            assert not strided.is_contiguous() or strided.storage_offset() > 0
+            assert torch.equal(warp_blend_sparse(strided, index, aff, weights, padding_mode=mode), expected)
+        one = pool[:1].expand(1_000_000, 3, 64, 64)
+        assert torch.equal(warp_blend_sparse(one, torch.full_like(index, 999_999), aff, weights, padding_mode=mode),
+                           warp_blend_sparse(pool[:1], torch.zeros_like(index), aff, weights, padding_mode=mode))

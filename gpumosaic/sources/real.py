@@ -49,6 +49,7 @@ from ..skeleton import LSP14
 from .base import Mocap3D, Pool2D
 from .build import Annotations2D, PathLike, make_annotations
 from .coco import face_layout_to_lsp
+from .openpose import BODY25B_FOR_LSP14
 
 __all__ = [
     "PinnedPackage",
@@ -288,9 +289,7 @@ def extract_package(pin: PinnedPackage, archive: PathLike, files: PathLike) -> d
 # 2D sources -> LSP14
 # --------------------------------------------------------------------------------------------------------
 
-BODY25B_FOR_LSP14 = (16, 14, 12, 11, 13, 15, 10, 8, 6, 5, 7, 9, 17, 18)
-"""OpenPose BODY_25B index of each LSP14 joint (r_ankle ... l_wrist, neck = BODY_25B ``Neck`` (17, the upper
-neck), head_top = BODY_25B ``Head`` (18, the head top)); Pose2Sim's ``skeletons.BODY_25B`` ids."""
+# BODY25B_FOR_LSP14 (the Pose2Sim keypoints' mapping) lives in .openpose, shared with load_openpose(layout="BODY_25B").
 
 MEDIAPIPE_FOR_LSP14 = (28, 26, 24, 23, 25, 27, 16, 14, 12, 11, 13, 15)
 """MediaPipe Pose (33 landmarks) index of LSP14's 12 limb joints; neck = midpoint of the shoulders (11, 12),
