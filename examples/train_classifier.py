@@ -69,7 +69,7 @@ from gpumosaic.metrics import (
     topk_rate,
 )
 from gpumosaic.models import PoseClassifier
-from gpumosaic.train import class_training_poses, classes_from_state, classes_state
+from gpumosaic.train import class_training_poses
 
 CHECKPOINT_FORMAT = "gpumosaic.examples.train_classifier"
 CHECKPOINT_VERSION = 1
@@ -228,7 +228,7 @@ def split_mocap(mocap: Mocap3D, heldout_subjects: int, train_poses: int | None =
     return subset(train_idx), subset(test_idx)
 
 
-# class_training_poses, classes_state and classes_from_state are gpumosaic.train's (one implementation).
+# class_training_poses is gpumosaic.train's; classes serialise with PoseClasses.state()/from_state (one implementation).
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -472,7 +472,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
     # Pose classes: fitted on rank 0 (or restored from the checkpoint), then shared.
     t0 = time.perf_counter()
     if resume is not None:
-        classes = classes_from_state(resume["classes"], device)
+        classes = PoseClasses.from_state(resume["classes"], device)
         say(f"pose classes: K={classes.num_classes} restored from {args.resume}")
     else:
         if args.classes > M * args.class_views:
@@ -483,12 +483,12 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
             gen = torch.Generator(device=device).manual_seed(args.seed)
             fitted = PoseClasses.fit(pose3d, pose2d, k=args.classes, generator=gen, skeleton=ds.skeleton,
                                      progress=False)
-            state = classes_state(fitted)
+            state = fitted.state()
         if _distributed():
             box = [state]
             dist.broadcast_object_list(box, src=0)
             state = box[0]
-        classes = classes_from_state(state, device)
+        classes = PoseClasses.from_state(state, device)
         say(f"pose classes: K={classes.num_classes} from {M} poses x {args.class_views} views "
             f"({time.perf_counter() - t0:.1f} s); largest class {int(classes.counts.max())}, "
             f"smallest {int(classes.counts.min())}")
@@ -562,7 +562,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int) 
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config,
             "step": step, "epoch": e, "batch_in_epoch": b,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "classes": classes_state(classes), "history": history, "evals": evals,
+            "rng": rng, "classes": classes.state(), "history": history, "evals": evals,
         })
         say(f"  saved {path}")
 

@@ -46,6 +46,7 @@ __all__ = [
     "sample_views",
     "view_angles",
     "view_angles_core",
+    "hashed_uniform",
     "project",
     "oriented_pose",
     "render",
@@ -343,8 +344,10 @@ def _hash_prefix(seed: int, stream: int) -> int:
     return _mix32_int(h ^ (int(stream) & _MASK32))
 
 
-def _uniform(seed: int, stream: int, pose_index: torch.Tensor, view_index: torch.Tensor) -> torch.Tensor:
-    """float64 uniform numbers in [0, 1) from ``hash(seed, stream, m, v)`` (24 bits), shape of the indices."""
+def hashed_uniform(seed: int, stream: int, pose_index: torch.Tensor, view_index: torch.Tensor) -> torch.Tensor:
+    """float64 uniform numbers in [0, 1) from ``hash(seed, stream, m, v)`` (24 bits), shape of the indices.
+
+    Streams: 0 azimuth, 1 elevation (:func:`view_angles`), 2 roll (:func:`gpumosaic.roll.view_rolls`)."""
     h = _mix32(pose_index.bitwise_and(_MASK32) ^ _hash_prefix(seed, stream))
     h = _mix32(h ^ (pose_index >> 32))
     h = _mix32(h ^ view_index.bitwise_and(_MASK32))
@@ -360,8 +363,8 @@ def _angles(u_az: torch.Tensor, u_el: torch.Tensor, settings: ViewSettings) -> t
 def view_angles_core(pose_index: torch.Tensor, view_index: torch.Tensor, seed: int, settings: ViewSettings,
                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`view_angles` without validation (int64 indices of one shape, a checked seed)."""
-    u_az = _uniform(seed, _STREAM_AZIMUTH, pose_index, view_index)
-    u_el = _uniform(seed, _STREAM_ELEVATION, pose_index, view_index)
+    u_az = hashed_uniform(seed, _STREAM_AZIMUTH, pose_index, view_index)
+    u_el = hashed_uniform(seed, _STREAM_ELEVATION, pose_index, view_index)
     az, el = _angles(u_az, u_el, settings)  # float64, then one rounding
     return az.to(dtype), el.to(dtype)
 

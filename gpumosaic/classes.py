@@ -564,6 +564,27 @@ class PoseClasses:
             p2 = self.mean_pose2d.to(labels.device).index_select(0, idx).reshape(*labels.shape, -1, 2)
         return p3, p2
 
+    def decode_expected(self, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probability-weighted mean of the classes' mean poses, ``Σ_k prob_k · mean_k`` (an option beside
+        the paper's top-1 decoding: it hedges between likely classes instead of committing to one).
+
+        Args:
+            prob: float (..., K) class probabilities (e.g. a softmax; rows need not be normalised exactly).
+
+        Returns:
+            ``(pose3d (..., J, 3), pose2d (..., J, 2) or None)`` on ``prob``'s device.
+        """
+        if not isinstance(prob, torch.Tensor) or not prob.is_floating_point():
+            raise TypeError(f"Expected floating class probabilities, got {getattr(prob, 'dtype', type(prob).__name__)}")
+        if prob.shape[-1] != self.num_classes:
+            raise ValueError(f"Expected prob (..., {self.num_classes}), got {tuple(prob.shape)}")
+        w = prob / prob.sum(-1, keepdim=True)
+        p3 = torch.einsum("...k,kjc->...jc", w, self.mean_pose3d.to(prob.device, prob.dtype))
+        p2 = None
+        if self.mean_pose2d is not None:
+            p2 = torch.einsum("...k,kjc->...jc", w, self.mean_pose2d.to(prob.device, prob.dtype))
+        return p3, p2
+
     # -- persistence -------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:

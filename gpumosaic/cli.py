@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
+    exp.add_argument("--roll", type=float, nargs=2, metavar=("LO", "HI"), default=(0.0, 0.0),
+                     help="camera roll range in degrees about the optical axis (default 0 0: level, the paper's)")
     exp.add_argument("--size", type=int, default=220,
                      help="image side in px (paper: 220; smaller sizes are for tests and previews only)")
     exp.add_argument("--classes", type=Path, default=None,
@@ -261,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     ev.add_argument("--batch-size", type=int, default=64, help="test people per network call")
+    ev.add_argument("--decode", choices=("top1", "expected"), default="top1",
+                    help="a classifier's pose: the top class's mean pose (the paper's, default) or the "
+                         "softmax-weighted mean of all classes' mean poses")
     ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     ev.add_argument("--level", type=float, default=0.95, help="confidence level")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -517,7 +522,7 @@ def export(args) -> int:
             report = export_shards(
                 args.out, args.n, args.shard_size, engine, mocap, args.seed, batch_size=args.batch_size,
                 image_format=args.format, jpeg_quality=args.jpeg_quality,
-                views=ViewSettings(views_per_pose=args.views_per_pose), classes=classes,
+                views=ViewSettings(views_per_pose=args.views_per_pose, roll_range=tuple(args.roll)), classes=classes,
                 progress=not args.quiet,
                 rank=int(os.environ["RANK"]) if launched else None,
                 world_size=int(os.environ["WORLD_SIZE"]) if launched else None,
@@ -571,7 +576,8 @@ def evaluate(args) -> int:
         if args.checkpoint is not None:
             device = _device(args.device)
             ckpt = load_inference_checkpoint(args.checkpoint)
-            preds = predict_test_set(ckpt, test, device, batch_size=args.batch_size, progress=not args.quiet)
+            preds = predict_test_set(ckpt, test, device, batch_size=args.batch_size, progress=not args.quiet,
+                                     decode=args.decode)
             classes, box = ckpt.classes, ckpt.class_box
             if args.save_predictions:
                 save_predictions(args.save_predictions, preds)

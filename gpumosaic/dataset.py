@@ -88,6 +88,7 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from ._check import check_seed, unchecked
 from .batch import MosaicBatch, synthetic_batch
 from .camera import Cameras, render, view_angles, view_angles_core
+from .roll import has_roll, roll_views, view_rolls
 from .engine import MosaicEngine
 from .geometry import fit_to_box
 from .settings import MosaicSettings, ViewSettings
@@ -342,6 +343,8 @@ class OnlineMosaicDataset(IterableDataset):
             with unchecked():
                 views = render(self.poses[m], self.skeleton, az, el, torch.full_like(az, self.views.distance),
                                torch.full_like(az, self.views.focal), self.views)
+                if has_roll(self.views):  # an option (the paper's cameras are level): gpumosaic.roll
+                    views = roll_views(views, view_rolls(m, v, self.seed, self.views))
                 res = self.engine(views.pose2d, views.occluded)
             label = None if self.classes is None else self.classes.encode(views.pose3d).to(torch.int64)
         return synthetic_batch(res, views, m, self.mocap_ids[m], label=label, pair_index=idx, view_index=v)

@@ -49,16 +49,22 @@ class PosePrediction:
         pose2d: (B, k, J, 2) float 2D poses (the class mean 2D pose, or the regressed pose) in the frame
             named by the producing function (network box or image pixels).
         pose3d: (B, k, J, 3) float oriented 3D poses, metres.
+        expected2d: (B, J, 2) float probability-weighted mean of every class's mean 2D pose (same frame as
+            ``pose2d``; :meth:`~gpumosaic.classes.PoseClasses.decode_expected`), or ``None`` (regressor).
+        expected3d: (B, J, 3) float, likewise in 3D, or ``None``.
     """
 
     classes: torch.Tensor | None
     scores: torch.Tensor | None
     pose2d: torch.Tensor
     pose3d: torch.Tensor
+    expected2d: torch.Tensor | None = None
+    expected3d: torch.Tensor | None = None
 
     def to(self, device=None) -> "PosePrediction":
         return PosePrediction(*(None if t is None else t.to(device)
-                                for t in (self.classes, self.scores, self.pose2d, self.pose3d)))
+                                for t in (self.classes, self.scores, self.pose2d, self.pose3d,
+                                          self.expected2d, self.expected3d)))
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,11 @@ def predict_crops(model: torch.nn.Module, checkpoint: InferenceCheckpoint, crops
     prob = torch.softmax(out.float(), dim=1)
     scores, top = prob.topk(min(k, prob.shape[1]), dim=1)
     p3, p2 = classes.decode(top)
+    e3, e2 = classes.decode_expected(prob)
     size, margin = checkpoint.class_box
     p2 = box_to_box(p2, size, s, margin, checkpoint.margin)
-    return PosePrediction(top, scores, p2, p3)
+    e2 = box_to_box(e2, size, s, margin, checkpoint.margin)
+    return PosePrediction(top, scores, p2, p3, e2, e3)
 
 
 def predict_image(model: torch.nn.Module, checkpoint: InferenceCheckpoint, image: torch.Tensor,

@@ -38,6 +38,8 @@ __all__ = ["TestPredictions", "EvaluationReport", "predict_test_set", "evaluate_
            "constant_predictions", "save_predictions", "load_predictions", "BOX_SIZE"]
 
 BOX_SIZE = 220
+DECODES = ("top1", "expected")
+"""How a classifier's scores become a pose: the paper's top-1 class, or the softmax-weighted mean of classes."""
 """The paper's normalised box side for 2D errors."""
 
 
@@ -99,7 +101,7 @@ class EvaluationReport:
 @torch.no_grad()
 def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: torch.device | str | None = None,
                      batch_size: int = 64, k: int = 1, progress: bool = True,
-                     read_image=None) -> TestPredictions:
+                     read_image=None, decode: str = "top1") -> TestPredictions:
     """Run ``checkpoint`` on every test person, cropped by the protocol's box (its ground-truth joints).
 
     Args:
@@ -111,11 +113,16 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
         progress: tqdm bar on stderr.
         read_image: ``path -> (H, W, 3) uint8 RGB`` for the test set's image paths (default: OpenCV's
             ``imread``; pass a reader for e.g. video-frame pseudo paths).
+        decode: a classifier's pose: ``"top1"`` (the paper's: the best class's mean poses) or ``"expected"``
+            (the softmax-weighted mean of every class's mean poses, :meth:`PoseClasses.decode_expected`).
 
     Returns:
         :class:`TestPredictions` with 2D poses in image pixels.
     """
     from tqdm import tqdm
+
+    if decode not in DECODES:
+        raise ValueError(f"Expected decode in {DECODES}, got {decode!r}")
 
     from .pools import build_pool
 
@@ -133,8 +140,10 @@ def predict_test_set(checkpoint: InferenceCheckpoint, test: TestSet, device: tor
         pool = build_pool(part, s, checkpoint.margin, device=device, read_image=read_image)
         _, box_from_image = fit_to_box(part.joints.double(), s, checkpoint.margin)
         pred = predict_crops(model, checkpoint, pool.images, k)
-        pose2d.append(apply_affine(invert_affine(box_from_image), pred.pose2d[:, 0].double().cpu()).float())
-        pose3d.append(pred.pose3d[:, 0].cpu())
+        expected = decode == "expected" and pred.expected2d is not None
+        p2, p3 = (pred.expected2d, pred.expected3d) if expected else (pred.pose2d[:, 0], pred.pose3d[:, 0])
+        pose2d.append(apply_affine(invert_affine(box_from_image), p2.double().cpu()).float())
+        pose3d.append(p3.cpu())
         if pred.classes is not None:
             classes.append(pred.classes.cpu())
     return TestPredictions(torch.cat(pose2d), torch.cat(pose3d), torch.cat(classes) if classes else None)

@@ -38,6 +38,9 @@ ABS_MARGIN = 1e-5
 """Absolute slack of the skip test, in units of the largest coordinate magnitude."""
 SAMPLE = 2048
 """Pool rows (evenly spaced) whose exact D gives the first upper bound of the skip test."""
+GROUP = 8
+"""Chunks whose survivors get their exact D together (fewer, larger gathers; the skip test of a chunk uses the
+best D of the earlier groups)."""
 
 
 def radial_table(joints: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -117,7 +120,9 @@ class PrunedSearch:
         row = torch.arange(rows, device=dev).repeat_interleave(len(sample))
         upper = self._exact(row, sample.repeat(rows)).view(rows, -1).amin(1)
         upper = upper + (upper * REL_MARGIN + self.margin)
-        for start in range(0, total, self.step):  # fixed count: N and the budget
+        pending_rows, pending_cols = [], []
+        chunks = range(0, total, self.step)
+        for c, start in enumerate(chunks):  # fixed count: N and the budget
             n = min(self.step, total - start)
             gap, tmp, bound = self.gap[..., :n], self.tmp[..., :n], self.bound[..., :n]
             # L = Σ_k w_k(q)·|r_k(q) - r_k(p)| + Σ_k w_k(p)·|r_k(q) - r_k(p)| for every row of the chunk.
@@ -128,15 +133,22 @@ class PrunedSearch:
             flat.baddbmm_(self.wp_mat, gap.view(rows, num_j, n))
             limit = torch.minimum(self.best_d + (self.best_d * REL_MARGIN + self.margin), upper)
             row, col = (flat[:, 0] <= limit[:, None]).nonzero().unbind(1)
+            pending_rows.append(row)
+            pending_cols.append(col + start)
+            if (c + 1) % GROUP and c + 1 < len(chunks):
+                continue
+            # The exact D of the survivors of the last GROUP chunks (pool rows in increasing order).
+            row, col = torch.cat(pending_rows), torch.cat(pending_cols)
+            pending_rows, pending_cols = [], []
             if row.numel() == 0:
                 continue
             self.survivors += row.numel()
-            d = self._exact(row, col + start)
-            # First minimum per row in this chunk: the smallest D, then the lowest pool row among equal D.
+            d = self._exact(row, col)
+            # First minimum per row in these chunks: the smallest D, then the lowest pool row among equal D.
             cd = torch.full((rows,), float("inf"), dtype=d.dtype, device=dev).scatter_reduce_(0, row, d, "amin")
             cand = torch.where(d == cd.index_select(0, row), col, big)
             ci = torch.full((rows,), big, dtype=torch.long, device=dev).scatter_reduce_(0, row, cand, "amin")
             better = cd < self.best_d  # strict: earlier chunks (lower rows) win ties
             self.best_d = torch.where(better, cd, self.best_d)
-            self.best_i = torch.where(better, ci + start, self.best_i)
+            self.best_i = torch.where(better, ci, self.best_i)
         return self.best_i.view(b, num_j), self.best_d.view(b, num_j)

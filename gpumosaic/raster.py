@@ -191,7 +191,7 @@ def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: S
     measure-zero set where the triangulation or a pixel's region changes, w.r.t. ``points``. Pixels are
     evaluated in float64 and cast to ``values.dtype`` at the end. Cost: O(B * H * W) with a small constant
     (no per-triangle pass over the pixels: each pixel row is scan-converted into intervals of convex
-    regions), memory bounded by processing about 2^18 pixels at a time (some tens of MB).
+    regions), memory bounded by processing about 2^20 pixels at a time (some tens of MB).
 
     Args:
         points: (B, P, 2) floating tensor of point positions in pixels, 1 <= P <= 17, finite.

@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 
 from ._check import check_shape
-from .geometry import default_margin, fit_to_box
+from .geometry import apply_affine, compose_affine, default_margin, fit_to_box
+from .roll import roll_affine
 from .skeleton import Skeleton
 from .sources.base import Pool2D
 from .warp import warp_gather
@@ -38,7 +39,7 @@ __all__ = ["real_crops", "flip_crops", "class_box_poses", "real_labels", "mean_p
 
 
 def real_crops(pool: Pool2D, index: torch.Tensor, size: int, margin: float | None = None,
-               chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk: int = 256, roll: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool entries ``index`` cropped into the S×S box (no flip).
 
     Args:
@@ -47,13 +48,24 @@ def real_crops(pool: Pool2D, index: torch.Tensor, size: int, margin: float | Non
         size: S, the box side in pixels.
         margin: pixels left on each side of the longer extent; ``None``: :func:`default_margin`.
         chunk: warps at a time (bounds memory).
+        roll: float (B,) degrees or ``None``: turn each image about its joints' mean by
+            :func:`gpumosaic.roll.roll_affine` (the image-space twin of a rolled camera) before
+            ``fit_to_box`` of the turned joints, still one resampling from the stored image.
 
     Returns:
         ``(images (B, 3, S, S) float32 in [0, 1], pose2d (B, J, 2) float32 box pixels)`` on the pool's device.
     """
     index = index.to(device=pool.images.device, dtype=torch.int64)
     margin = default_margin(size) if margin is None else float(margin)
-    box, box_from_stored = fit_to_box(pool.joints[index].float(), size, margin)
+    joints = pool.joints[index].float()
+    turn = None
+    if roll is not None:
+        check_shape(roll, [str(index.shape[0])], name="roll")
+        turn = roll_affine(roll.to(joints.device, joints.dtype), joints.mean(-2))  # (B, 2, 3) stored -> turned
+        joints = apply_affine(turn, joints)
+    box, box_from_stored = fit_to_box(joints, size, margin)
+    if turn is not None:
+        box_from_stored = compose_affine(box_from_stored, turn)
     images = warp_gather(pool.images, index, box_from_stored, (size, size), chunk=chunk, dtype=torch.float32)
     return images, box
 

@@ -231,6 +231,9 @@ class ViewSettings:
         views_per_pose: V cameras per mocap pose (paper: 180).
         azimuth_range: ``(lo, hi)`` degrees, azimuth ~ U[lo, hi) (paper: (0, 360)).
         elevation_range: ``(lo, hi)`` degrees within [-90, 90], elevation ~ U[lo, hi] (paper: (-45, 45)).
+        roll_range: ``(lo, hi)`` degrees within [-180, 180], the camera's rotation about its optical axis,
+            roll ~ U[lo, hi] (paper: none, ``(0, 0)``; an option, :func:`gpumosaic.camera.roll_views`). Real
+            cameras are rarely level; a rolled camera turns the 2D pose in the image plane.
         distance: camera distance to the torso centre, metres (> every joint's distance from it).
         focal: focal length in pixels (perspective strength; ``fit_to_box`` removes the scale).
         limb_radius: self-occlusion capsule radius, metres (:func:`gpumosaic.camera.self_occlusion`).
@@ -241,6 +244,7 @@ class ViewSettings:
     views_per_pose: int = 180
     azimuth_range: tuple[float, float] = (0.0, 360.0)
     elevation_range: tuple[float, float] = (-45.0, 45.0)
+    roll_range: tuple[float, float] = (0.0, 0.0)
     distance: float = 5.0
     focal: float = 1000.0
     limb_radius: float = 0.05
@@ -254,6 +258,13 @@ class ViewSettings:
         az, el = check_view_ranges(self.azimuth_range, self.elevation_range)
         object.__setattr__(self, "azimuth_range", az)
         object.__setattr__(self, "elevation_range", el)
+        try:
+            rlo, rhi = map(float, self.roll_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"Expected roll_range as a (lo, hi) pair of degrees, got {self.roll_range!r}") from None
+        if not (math.isfinite(rlo) and math.isfinite(rhi) and -180 <= rlo <= rhi <= 180):
+            raise ValueError(f"Expected roll_range (lo, hi) with -180 <= lo <= hi <= 180, got {self.roll_range!r}")
+        object.__setattr__(self, "roll_range", (rlo, rhi))
         for name in ("distance", "focal"):
             value = getattr(self, name)
             if not (math.isfinite(float(value)) and float(value) > 0):

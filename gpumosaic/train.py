@@ -43,14 +43,14 @@ from .geometry import default_margin, fit_to_box
 from .settings import MosaicSettings, ViewSettings
 from .sharding import epoch_permutation
 from .models import MIN_SIZE, PoseClassifier, PoseRegressor, normalise_targets
+from .roll import has_roll, roll_matrix, view_rolls
 from .realcrops import class_box_poses, flip_crops, real_crops, real_labels
 from .sources.base import Mocap3D, Pool2D
 
 __all__ = [
     "MODES", "TASKS", "TrainConfig", "PRESETS", "preset", "batch_schedule", "class_training_poses",
     "build_model", "TrainData", "prepare_data", "mosaic_batch", "real_batch", "train", "TrainResult",
-    "TrainedModel", "load_model", "save_model", "predict_logits", "classes_state", "classes_from_state",
-    "atomic_save",
+    "TrainedModel", "load_model", "save_model", "predict_logits", "atomic_save",
 ]
 
 MODES = ("M", "R", "M+R")
@@ -81,6 +81,10 @@ class TrainConfig:
         lr: learning rate; ``lr_schedule`` ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
         momentum, weight_decay: optimiser settings.
         flip: mirror each real crop with probability 1/2 (left/right joints swapped).
+        roll: degrees; ``0`` (default, the paper's level cameras) or ``r > 0``: every sample's camera is
+            rolled by ``U[-r, r]`` about its optical axis: the mosaic stream's cameras and the class-fitting
+            poses through ``ViewSettings(roll_range=(-r, r))`` (:mod:`gpumosaic.roll`), the real crops by the
+            same turn in the image (:func:`~gpumosaic.realcrops.real_crops`). An option, not the paper's.
         extent_m: metres mapped to 1 by the regressor's 3D normalisation.
         margin: ``fit_to_box`` margin in px; ``None``: 10 % of ``size``.
         mosaic_cache: 0 (default, the paper's never-repeating stream) or n > 0: mosaic batches ``0..n-1`` are
@@ -106,6 +110,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     flip: bool = True
+    roll: float = 0.0
     extent_m: float = 1.0
     margin: float | None = None
     mosaic_cache: int = 0
@@ -127,6 +132,8 @@ class TrainConfig:
                 raise ValueError(f"Expected {name} to be a positive integer, got {getattr(self, name)!r}")
         if self.class_views > self.views:
             raise ValueError(f"Expected class_views <= views, got {self.class_views} > {self.views}")
+        if not (0.0 <= float(self.roll) <= 180.0):
+            raise ValueError(f"Expected roll in [0, 180] degrees, got {self.roll!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"Expected optimizer 'sgd' or 'adam', got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -190,20 +197,14 @@ def class_training_poses(ds: OnlineMosaicDataset, views: int) -> tuple[torch.Ten
     target = torso_centre(poses, ds.skeleton)[:, None, :]
     R, t = look_at(target, az, el, ds.distance)  # cam_from_world (M, V, 3, 3), (M, V, 3)
     cam = torch.einsum("...ij,...kj->...ki", R, poses[:, None]) + t[..., None, :]  # (M, V, J, 3)
+    if has_roll(ds.views):  # rolled cameras (gpumosaic.roll): p' = Q p in camera axes
+        q = roll_matrix(view_rolls(m, v, ds.seed, ds.views, cam.dtype))  # (M, V, 3, 3)
+        cam = torch.einsum("...ij,...kj->...ki", q, cam)
     pose3d = cam - torso_centre(cam, ds.skeleton)[..., None, :]
     settings = ds.engine.settings
     pose2d, _ = fit_to_box(project(cam, ds.focal), settings.size, settings.margin)
     j = poses.shape[1]
     return pose3d.reshape(-1, j, 3), pose2d.reshape(-1, j, 2)
-
-
-def classes_state(classes: PoseClasses) -> dict:
-    """Plain tensors and strings of a :class:`PoseClasses` (for ``weights_only`` checkpoints)."""
-    return classes.state()
-
-
-def classes_from_state(state: dict, device=None) -> PoseClasses:
-    return PoseClasses.from_state(state, device)
 
 
 def build_model(config: TrainConfig, num_outputs: int) -> torch.nn.Module:
@@ -275,7 +276,8 @@ def prepare_data(config: TrainConfig, pool: Pool2D | None, mocap: Mocap3D | None
         if pool is None or mocap is None:
             raise ValueError(f"Expected a pool and a mocap for mode {config.mode!r} / fitting classes, got "
                              f"pool={type(pool).__name__}, mocap={type(mocap).__name__}")
-        mosaics = OnlineMosaicDataset(pool, mocap, config.batch_size, views=ViewSettings(views_per_pose=config.views),
+        mosaics = OnlineMosaicDataset(pool, mocap, config.batch_size, views=ViewSettings(views_per_pose=config.views,
+                                                                       roll_range=(-config.roll, config.roll)),
                                       device=device, seed=config.seed,
                                       engine=MosaicSettings(size=config.size, margin=config.margin),
                                       drop_last=True, rank=0, world_size=1)
@@ -342,13 +344,17 @@ def real_batch(data: TrainData, index: int) -> dict[str, torch.Tensor]:
     epochs = torch.unique(pos // n).tolist()
     perms = {e: epoch_permutation(n, cfg.seed, e, _PERM_REAL) for e in epochs}
     rows = torch.cat([perms[e] for e in epochs])[pos - epochs[0] * n].to(real.images.device)
-    images, pose2d = real_crops(real, rows, cfg.size, cfg.box_margin)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(rows.device) if cfg.flip else None
+    # Rolls come after the flips in the same stream, so a roll-free run draws exactly the flips it did before.
+    roll = ((torch.rand(b, generator=gen) * 2 - 1) * cfg.roll).to(rows.device) if cfg.roll else None
+    images, pose2d = real_crops(real, rows, cfg.size, cfg.box_margin, roll=roll)
     pose3d = data.real_pose3d[rows] if data.real_pose3d is not None else None
     has3d = data.real_has3d[rows] if data.real_has3d is not None else torch.zeros(b, dtype=torch.bool,
                                                                                     device=rows.device)
+    if pose3d is not None and roll is not None:
+        pose3d = torch.einsum("bij,bkj->bki", roll_matrix(roll.to(pose3d.dtype)), pose3d)
     if cfg.flip:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
-        flip = (torch.rand(b, generator=gen) < 0.5).to(rows.device)
         images, pose2d, pose3d = flip_crops(images, pose2d, flip, real.skeleton, pose3d)
     if data.classes is not None:
         label = real_labels(pose2d, data.classes, cfg.size, cfg.box_margin, pose3d, has3d, data.box_poses)
@@ -533,7 +539,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike | None = 
         if diff:
             raise ValueError(f"{state_path}: settings differ from the checkpoint's (saved, now): {diff}")
         if config.task == "classifier":
-            restored = classes_from_state(state["classes"], device)
+            restored = PoseClasses.from_state(state["classes"], device)
             if not torch.equal(restored.centres, data.classes.centres):
                 raise ValueError(f"{state_path}: the pose classes differ from the data's")
         model.load_state_dict(state["model"])
@@ -549,7 +555,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike | None = 
             return
         atomic_save({"format": STATE_FORMAT, "version": FORMAT_VERSION, "config": asdict(config), "step": step,
                      "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                     "classes": None if data.classes is None else classes_state(data.classes),
+                     "classes": None if data.classes is None else data.classes.state(),
                      "history": history}, state_path)
         _write_log(out / "log.csv", history)
 
