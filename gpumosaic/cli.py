@@ -61,7 +61,7 @@ def _paper(args) -> dict:
     return keywords
 
 
-def _device(name: str) -> torch.device:
+def parse_device(name: str) -> torch.device:
     """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` where available); a clear error else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -243,47 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--device", default="cpu", help="device for the pool crops (default cpu)")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    ev = sub.add_parser("evaluate", help="score a checkpoint or a predictions file on real test images")
-    ev.add_argument("--test", metavar="KIND:PATH[:SELECTOR]", required=True,
-                    help="test set: jsonl:FILE (gpumosaic generate's format), h36m:2D.npz (with --test-option "
-                         "mocap=3D.npz protocol=p1|p2) or a 2D loader kind (lsp, coco, mpii, openpose, h36m2d); "
-                         "a selector keeps part of it by id, row, seq or frame, e.g. lsp:/data/lsp:row=0-999")
-    ev.add_argument("--test-option", metavar="KEY=VALUE", action="append", default=[],
-                    help="keyword for the test set loader (repeatable), e.g. image_dir=/data/val2017")
-    ev.add_argument("--group-by", choices=("default", "entry", "id"), default="default",
-                    help="bootstrap unit: the kind's test instants (default), each entry, or shared ids")
-    src = ev.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="inference checkpoint (gpumosaic.checkpoint format)")
-    src.add_argument("--predictions", type=Path, help="predictions file (JSON Lines, one record per test entry)")
-    ev.add_argument("--classes", type=Path, default=None,
-                    help="pose classes (.npz of PoseClasses.save) for the class lower bound with --predictions")
-    ev.add_argument("--classes-box", type=int, default=220,
-                    help="side of the box the --classes mean 2D poses are in (margin 10 %%; default 220)")
-    ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
-    ev.add_argument("--save-predictions", type=Path, default=None, help="write the checkpoint's predictions here")
-    ev.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
-    ev.add_argument("--batch-size", type=int, default=64, help="test people per network call")
-    ev.add_argument("--decode", choices=("top1", "expected"), default="top1",
-                    help="a classifier's pose: the top class's mean pose (the paper's, default) or the "
-                         "softmax-weighted mean of all classes' mean poses")
-    ev.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
-    ev.add_argument("--level", type=float, default=0.95, help="confidence level")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .cli_eval import add_eval_parsers
 
-    pr = sub.add_parser("predict", help="top-k poses of the person in a photo, as JSON and an overlay picture")
-    pr.add_argument("image", type=Path, help="the photo (any format OpenCV reads)")
-    pr.add_argument("--checkpoint", type=Path, required=True, help="inference checkpoint")
-    pr.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None,
-                    help="person box in image pixels around the joints (default: the whole image)")
-    pr.add_argument("--k", type=int, default=5, help="number of classes returned")
-    pr.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
-    pr.add_argument("--overlay", type=Path, default=None, help="write the overlay picture here (.png)")
-    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    add_eval_parsers(sub)
     _threads.add_threads_option(sub, exclude=("data",))  # every command that computes, new ones included
     return parser
 
 
-def _options(items: list[str], flag: str) -> dict:
+def parse_options(items: list[str], flag: str) -> dict:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -296,7 +263,7 @@ def _options(items: list[str], flag: str) -> dict:
     return out
 
 
-def _split_source(spec: str, flag: str):
+def split_source(spec: str, flag: str):
     """``KIND[:PATH][:SELECTOR]`` -> :class:`~gpumosaic.sources.select.SourceSpec`; ``demo`` / ``real`` may omit
     the path (``real``, ``real:``, ``real::camera=1-3``)."""
     from .sources.select import parse_source_spec
@@ -322,7 +289,7 @@ def load_pool_source(spec: str, device: torch.device, options: dict | None = Non
     from .sources.real import load_real_pool
     from .sources.select import select_pool
 
-    src = _split_source(spec, flag)
+    src = split_source(spec, flag)
     if src.kind not in POOL_KINDS and src.kind not in SPECIAL_KINDS:
         raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
                          f"{sorted(POOL_KINDS) + list(SPECIAL_KINDS)}")
@@ -345,7 +312,7 @@ def load_mocap_source(spec: str, device: torch.device, options: dict | None = No
     from .sources.real import load_real_mocap
     from .sources.select import select_mocap
 
-    src = _split_source(spec, flag)
+    src = split_source(spec, flag)
     if src.kind not in MOCAP_KINDS and src.kind not in SPECIAL_KINDS:
         raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
                          f"{sorted(MOCAP_KINDS) + list(SPECIAL_KINDS)}")
@@ -377,14 +344,14 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
                    "demo data")
         pool = pool or default
         mocap = mocap or default
-    _split_source(pool, "--pool"), _split_source(mocap, "--mocap")  # both specs checked before any loading
+    split_source(pool, "--pool"), split_source(mocap, "--mocap")  # both specs checked before any loading
     return load_pool_source(pool, device, pool_options), load_mocap_source(mocap, device, mocap_options)
 
 
 def sources_from_args(args, device: torch.device):
     """:func:`load_sources` for parsed ``--pool``, ``--mocap``, ``--pool-option`` and ``--mocap-option``."""
-    return load_sources(args.pool, args.mocap, device, _options(args.pool_option, "--pool-option"),
-                        _options(args.mocap_option, "--mocap-option"))
+    return load_sources(args.pool, args.mocap, device, parse_options(args.pool_option, "--pool-option"),
+                        parse_options(args.mocap_option, "--mocap-option"))
 
 
 def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device):
@@ -428,7 +395,7 @@ def generate(args) -> int:
 
     if args.n <= 0 or args.batch_size <= 0:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
-    device = _device(args.device)
+    device = parse_device(args.device)
     out = _out_dir(args.out)
     _say(f"generate: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     pool, mocap = sources_from_args(args, device)
@@ -462,7 +429,7 @@ def preview(args) -> int:
     from .engine import MosaicEngine
     from .viz import pipeline_figure, preview_fidelity
 
-    device = _device(args.device)
+    device = parse_device(args.device)
     path = Path(args.out)
     if path.is_dir():
         path = path / "preview.png"
@@ -500,7 +467,7 @@ def export(args) -> int:
     from .shardfile import ExportLockedError
 
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    device = _device(args.device)
+    device = parse_device(args.device)
     _out_dir(args.out)
     _say(f"export: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     if launched and device.type == "cuda" and device.index is None:
@@ -547,7 +514,7 @@ def data(args) -> int:
     from .sources.real import HashMismatchError
 
     try:
-        report = prepare(args.cache, force=args.force, quiet=args.quiet, device=_device(args.device))
+        report = prepare(args.cache, force=args.force, quiet=args.quiet, device=parse_device(args.device))
     except RuntimeError as err:
         if args.offline_ok:
             print(f"notice: could not fetch the real data ({str(err).splitlines()[0]}); gpumosaic will use the "
@@ -557,67 +524,6 @@ def data(args) -> int:
     except HashMismatchError as err:
         raise SystemExit(f"error: {err}") from None
     print(report.message())
-    return 0
-
-
-def evaluate(args) -> int:
-    """``gpumosaic evaluate``: see :mod:`gpumosaic.protocols`."""
-    from .checkpoint import load_inference_checkpoint
-    from .classes import PoseClasses
-    from .protocols import evaluate_predictions, load_predictions, predict_test_set, save_predictions
-    from .testsets import load_test_set
-
-    src = _split_source(args.test, "--test")
-    kind, path = src.kind, src.path
-    try:
-        test = load_test_set(kind, path, group_by=args.group_by, selection=src.selection,
-                             **_options(args.test_option, "--test-option"))
-        classes, box = None, (220, None)
-        if args.checkpoint is not None:
-            device = _device(args.device)
-            ckpt = load_inference_checkpoint(args.checkpoint)
-            preds = predict_test_set(ckpt, test, device, batch_size=args.batch_size, progress=not args.quiet,
-                                     decode=args.decode)
-            classes, box = ckpt.classes, ckpt.class_box
-            if args.save_predictions:
-                save_predictions(args.save_predictions, preds)
-        else:
-            preds = load_predictions(args.predictions, test)
-        if args.classes is not None:
-            classes, box = PoseClasses.load(args.classes), (args.classes_box, None)
-        report = evaluate_predictions(test, preds, classes, box, n_boot=args.n_boot, level=args.level)
-    except (OSError, ValueError, TypeError) as err:
-        raise SystemExit(f"error: {err}") from None
-    print(report.table())
-    print(report.joint_table())
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report.as_dict(), indent=1))
-        print(f"wrote {args.out}")
-    return 0
-
-
-def predict(args) -> int:
-    """``gpumosaic predict``: see :mod:`gpumosaic.predict`."""
-    from .checkpoint import load_inference_checkpoint
-    from .predict import draw_prediction, dumps, predict_image, prediction_record, read_image, write_json
-
-    try:
-        image = read_image(args.image)
-        ckpt = load_inference_checkpoint(args.checkpoint)
-        model = ckpt.build_model(_device(args.device))
-        result = predict_image(model, ckpt, image, args.box, k=args.k)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
-    record = prediction_record(result, ckpt, str(args.image))
-    if args.json:
-        write_json(record, args.json)
-        print(f"wrote {args.json}")
-    else:
-        print(dumps(record))
-    if args.overlay:
-        draw_prediction(image, result, ckpt, args.overlay)
-        print(f"wrote {args.overlay}")
     return 0
 
 
@@ -636,10 +542,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    if args.command == "evaluate":
-        return evaluate(args)
-    if args.command == "predict":
-        return predict(args)
+    if args.command in ("evaluate", "predict"):
+        from .cli_eval import run_evaluate, run_predict
+
+        return (run_evaluate if args.command == "evaluate" else run_predict)(args)
     if args.command == "data":
         return data(args)
     if args.command == "generate":

@@ -62,17 +62,17 @@ def config_from_args(args):
 
 
 def run_train(args) -> int:
-    from .cli import _device, _options, load_pool_source, load_sources
+    from .cli import load_pool_source, load_sources, parse_device, parse_options
     from .train import prepare_data, train
 
     config = config_from_args(args)
-    device = _device(args.device)
+    device = parse_device(args.device)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    pool, mocap = load_sources(args.pool, args.mocap, device, _options(args.pool_option, "--pool-option"),
-                               _options(args.mocap_option, "--mocap-option"))
+    pool, mocap = load_sources(args.pool, args.mocap, device, parse_options(args.pool_option, "--pool-option"),
+                               parse_options(args.mocap_option, "--mocap-option"))
     real = None
     if args.real is not None:
-        real = load_pool_source(args.real, device, _options(args.real_option, "--real-option"), flag="--real")
+        real = load_pool_source(args.real, device, parse_options(args.real_option, "--real-option"), flag="--real")
     say(f"train {config.task} ({config.backbone}, {config.size} px, mode {config.mode}) on pool {len(pool)} images, "
         f"mocap {len(mocap)} poses" + (f", real {len(real)} images" if real is not None else ""))
     try:
