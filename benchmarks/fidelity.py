@@ -343,7 +343,10 @@ def cmd_sets(args) -> int:
     if args.mocap:
         from gpumosaic.sources.select import select_mocap
 
-        mocap = select_mocap(mocap, args.mocap)  # ValueError names the selector when it keeps nothing
+        try:
+            mocap = select_mocap(mocap, args.mocap)
+        except ValueError as err:  # bad grammar, or a selector that keeps nothing
+            raise SystemExit(f"error: --mocap: {err}") from None
     configs = [_parse_config(c) for c in args.configs]
     rows = []
     path = None
