@@ -12,6 +12,8 @@ Commands::
 
     # the driver: the three kinds of sets, blended and copy-paste, for one or more engine configurations
     python benchmarks/fidelity.py sets --n 128 --seeds 0 1 --configs paper
+    #   --mocap SELECTOR restricts the mocap set's motion (gpumosaic.sources.select), e.g. upright clips only:
+    #   --mocap 'clip=1|clip=2|clip=13+14+17+18+19+21+22+23+24'
     #   ceiling  pool images through the engine with their own pose (every joint matches its own image)
     #   heldout  real poses of two Pose2Sim cameras rebuilt from a pool without those cameras
     #   mocap    generate's queries: mocap poses seen from random views (the paper's camera model)
@@ -338,6 +340,13 @@ def cmd_sets(args) -> int:
     from gpumosaic.sources.real import load_real_mocap
 
     mocap = load_real_mocap()
+    if args.mocap:
+        from gpumosaic.sources.select import select_mocap
+
+        try:
+            mocap = select_mocap(mocap, args.mocap)
+        except ValueError as err:  # bad grammar, or a selector that keeps nothing
+            raise SystemExit(f"error: --mocap: {err}") from None
     configs = [_parse_config(c) for c in args.configs]
     rows = []
     path = None
@@ -348,8 +357,11 @@ def cmd_sets(args) -> int:
                 sheet = (Path(args.sheets) / f"fidelity_{config.name}_{kind}_s{seed}.png"
                          if args.sheets and seed == args.seeds[0] else None)
                 row = run_set(kind, config, pool, mocap, args.n, seed, args.detector, sheet)
+                row["mocap_selector"] = args.mocap  # None: all of load_real_mocap()
+                row["mocap_poses"] = len(mocap)
                 rows.append(row)
-                path = _save({"argv": sys.argv[1:], "rows": rows}, args.tag, path)  # after every row
+                path = _save({"argv": sys.argv[1:], "mocap_selector": args.mocap, "mocap_poses": len(mocap),
+                              "rows": rows}, args.tag, path)  # after every row
                 b, c = row["blended"], row["copy_paste"]
                 print(f"{config.name:>14} {kind:>8} s{seed}: PCK blended {_fmt(b['pck'])} copy-paste {_fmt(c['pck'])}"
                       f" | detected {_fmt(b['detection_rate'])} / {_fmt(c['detection_rate'])}"
@@ -378,7 +390,7 @@ def pooled_table(rows: list[dict]) -> str:
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["config"], r["set"]), []).append(r)
+        groups.setdefault((r["config"], _set_label(r)), []).append(r)
     lines = ["| config | set | seeds | n | PCK@0.2 blended | PCK@0.2 copy-paste | blended − copy-paste | detected blended |"
              " detected copy-paste | sources / mosaic | source seams |", "|---|---|---|---:|---|---|---|---|---|---:|---:|"]
 
@@ -393,10 +405,16 @@ def pooled_table(rows: list[dict]) -> str:
         n = len(pb)
         src = sum(r["sources_per_mosaic"]["mean"] * r["n"] for r in rs) / n
         seams = sum(r["seams"]["mean"] * r["n"] for r in rs) / n
-        seeds = ",".join(str(r["seed"]) for r in rs)
+        seeds = ",".join(str(s) for s in sorted(r["seed"] for r in rs))
         lines.append(f"| {config} | {kind} | {seeds} | {n} | {mean_ci(pb)} | {mean_ci(pc)} | {mean_ci(pb - pc)} | "
                      f"{mean_ci(db)} | {mean_ci(dc)} | {src:.1f} | {seams:.0f} |")
     return "\n".join(lines)
+
+
+def _set_label(row: dict) -> str:
+    """The set's name, with the mocap selector when ``--mocap`` restricted the motion."""
+    sel = row.get("mocap_selector")
+    return f"{row['set']} ({sel.replace('|', chr(92) + '|')})" if sel and row["set"] == "mocap" else row["set"]
 
 
 def compact_table(rows: list[dict]) -> str:
@@ -405,7 +423,7 @@ def compact_table(rows: list[dict]) -> str:
              " detected copy-paste | sources | source seams |", "|---|---|---:|---|---|---|---|---|---:|---:|"]
     for r in rows:
         b, c = r["blended"], r["copy_paste"]
-        lines.append(f"| {r['config']} | {r['set']} | {r['seed']} | {_fmt(b['pck'])} | {_fmt(c['pck'])} | "
+        lines.append(f"| {r['config']} | {_set_label(r)} | {r['seed']} | {_fmt(b['pck'])} | {_fmt(c['pck'])} | "
                      f"{_fmt(r['blend_minus_copy_paste_pck'])} | {_fmt(b['detection_rate'])} | "
                      f"{_fmt(c['detection_rate'])} | {r['sources_per_mosaic']['mean']:.1f} | {r['seams']['mean']:.0f} |")
     return "\n".join(lines)
@@ -427,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     st.add_argument("--configs", nargs="+", default=["paper"],
                     help="NAME from CONFIGS or NAME:JSON of MosaicEngine keywords plus pool_size / pool_margin")
+    st.add_argument("--mocap", default=None, metavar="SELECTOR",
+                    help="keep only these real mocap poses for the mocap set (gpumosaic.sources.select grammar, "
+                         "e.g. 'clip=1|clip=2|clip=13+14+17+18+19+21+22+23+24'); default: all of load_real_mocap()")
     st.add_argument("--sheets", default=None, help="folder for contact sheets (first seed)")
     st.add_argument("--tag", default="sets", help="results file name tag")
     rp = sub.add_parser("report", help="markdown tables of saved `sets` results")
