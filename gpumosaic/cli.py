@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     gen.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
+    gen.add_argument("--roll", type=float, nargs=2, metavar=("LO", "HI"), default=(0.0, 0.0),
+                     help="camera roll range in degrees about the optical axis (default 0 0: level, the paper's)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_source_options(gen)
 
@@ -354,16 +356,24 @@ def sources_from_args(args, device: torch.device):
                         parse_options(args.mocap_option, "--mocap-option"))
 
 
-def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device):
-    """Draw n (pose, view) pairs: mocap poses uniformly, views as in the paper (DESIGN.md step 2).
+def _query_batch(mocap, n: int, generator: torch.Generator, device: torch.device,
+                 roll: tuple[float, float] = (0.0, 0.0)):
+    """Draw n (pose, view) pairs: mocap poses uniformly, views as in the paper (DESIGN.md step 2), then, only
+    when ``roll != (0, 0)``, a camera roll ~ U[lo, hi] degrees each (:mod:`gpumosaic.roll`; drawn last, so the
+    level stream is unchanged).
 
     Returns ``(pose_idx (n,), views)``: a :class:`~gpumosaic.camera.ViewBatch` with (n,) leading dims."""
     from .camera import render_views, sample_views
+    from .roll import roll_views
 
     pose_idx = torch.randint(len(mocap), (n,), generator=generator, device=device)
     azimuth, elevation = sample_views(n, 1, generator=generator, device=device)
-    views = render_views(mocap.poses[pose_idx], mocap.skeleton, azimuth, elevation)
-    return pose_idx, views.select_view(0)
+    views = render_views(mocap.poses[pose_idx], mocap.skeleton, azimuth, elevation).select_view(0)
+    lo, hi = roll
+    if (lo, hi) != (0.0, 0.0):
+        u = torch.rand(n, generator=generator, device=device, dtype=views.pose2d.dtype)
+        views = roll_views(views, lo + u * (hi - lo))
+    return pose_idx, views
 
 
 _GENERATED_IMAGE = re.compile(r"^\d{7}\.(png|jpg)$")
@@ -392,9 +402,14 @@ def generate(args) -> int:
 
     from .batch import annotation_records, synthetic_batch
     from .engine import MosaicEngine
+    from .settings import ViewSettings
 
     if args.n <= 0 or args.batch_size <= 0:
         raise SystemExit(f"error: --n and --batch-size must be positive, got {args.n} and {args.batch_size}")
+    try:
+        roll = ViewSettings(roll_range=tuple(args.roll)).roll_range
+    except ValueError as err:
+        raise SystemExit(f"error: --roll: {err}") from None
     device = parse_device(args.device)
     out = _out_dir(args.out)
     _say(f"generate: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
@@ -410,7 +425,7 @@ def generate(args) -> int:
         done = 0
         while done < args.n:
             b = min(args.batch_size, args.n - done)
-            pose_idx, views = _query_batch(mocap, b, generator, device)
+            pose_idx, views = _query_batch(mocap, b, generator, device, roll)
             res = engine(views.pose2d, views.occluded)
             batch = synthetic_batch(res, views, pose_idx, mocap.ids.to(device)[pose_idx])
             images = (res.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

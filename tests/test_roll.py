@@ -175,3 +175,29 @@ def test_cli_export_roll(tmp_path):
 
     level, rolled = cameras(tmp_path / "level"), cameras(tmp_path / "rolled")
     assert len(level) == len(rolled) == 4 and level != rolled
+
+
+def test_cli_generate_roll_turns_the_level_stream(tmp_path):
+    """generate --roll: the same poses and views as the level run, each turned by its drawn roll."""
+    import json
+
+    from gpumosaic.cli import main
+
+    common = ["--n", "3", "--batch-size", "3", "--device", "cpu", "--pool", "demo", "--mocap", "demo", "--quiet",
+              "--seed", "5"]
+    with pytest.raises(SystemExit, match="--roll"):
+        main(["generate", "--out", str(tmp_path / "bad"), *common, "--roll", "5", "-5"])
+    main(["generate", "--out", str(tmp_path / "level"), *common])
+    main(["generate", "--out", str(tmp_path / "rolled"), *common, "--roll", "-40", "40"])
+    read = lambda d: [json.loads(line) for line in (tmp_path / d / "annotations.jsonl").read_text().splitlines()]
+    level, rolled = read("level"), read("rolled")
+    key = next(k for k in ("pose3d", "joints3d") if k in level[0])
+    for a, b in zip(level, rolled):
+        p, q = torch.tensor(a[key]), torch.tensor(b[key])
+        # a roll about the optical axis keeps z and the xy norms, and turns xy by one angle for every joint
+        torch.testing.assert_close(q[:, 2], p[:, 2], atol=1e-4, rtol=0)
+        torch.testing.assert_close(q[:, :2].norm(dim=-1), p[:, :2].norm(dim=-1), atol=1e-4, rtol=0)
+        ang = torch.atan2(q[:, 1], q[:, 0]) - torch.atan2(p[:, 1], p[:, 0])
+        ang = (ang + torch.pi) % (2 * torch.pi) - torch.pi
+        far = p[:, :2].norm(dim=-1) > 0.1
+        assert float(ang[far].max() - ang[far].min()) < 1e-3 and float(ang[far].abs().max()) <= 0.7
