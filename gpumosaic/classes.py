@@ -568,6 +568,9 @@ class PoseClasses:
         """Probability-weighted mean of the classes' mean poses, ``Σ_k prob_k · mean_k`` (an option beside
         the paper's top-1 decoding: it hedges between likely classes instead of committing to one).
 
+        Classes without members (their "mean" is a placeholder zero pose) get no weight; the others'
+        probabilities are renormalised to sum to 1.
+
         Args:
             prob: float (..., K) class probabilities (e.g. a softmax; rows need not be normalised exactly).
 
@@ -578,7 +581,8 @@ class PoseClasses:
             raise TypeError(f"Expected floating class probabilities, got {getattr(prob, 'dtype', type(prob).__name__)}")
         if prob.shape[-1] != self.num_classes:
             raise ValueError(f"Expected prob (..., {self.num_classes}), got {tuple(prob.shape)}")
-        w = prob / prob.sum(-1, keepdim=True)
+        w = prob * (self.counts > 0).to(prob.device, prob.dtype)
+        w = w / w.sum(-1, keepdim=True)
         p3 = torch.einsum("...k,kjc->...jc", w, self.mean_pose3d.to(prob.device, prob.dtype))
         p2 = None
         if self.mean_pose2d is not None:

@@ -150,6 +150,15 @@ def test_decode_expected_matches_plain_loop():
     torch.testing.assert_close(classes.decode_expected(one_hot)[1], classes.decode(torch.tensor([2, 5]))[1])
     with pytest.raises(ValueError, match="prob"):
         classes.decode_expected(prob[:, :3])
+    # a class without members (zero placeholder means) gets no weight: the others are renormalised
+    empty = PoseClasses(centres=classes.centres, mean_pose3d=classes.mean_pose3d.clone(),
+                        mean_pose2d=classes.mean_pose2d.clone(), counts=torch.tensor([1, 1, 0, 1, 1, 1]))
+    p3e, p2e = empty.decode_expected(prob)
+    keep = prob * torch.tensor([1.0, 1, 0, 1, 1, 1])
+    for b in range(4):
+        w = keep[b] / keep[b].sum()
+        want2 = sum(float(w[c]) * classes.mean_pose2d[c] for c in range(k) if c != 2)
+        torch.testing.assert_close(p2e[b], want2, atol=1e-4, rtol=1e-5)
 
 
 def test_cli_export_roll(tmp_path):
