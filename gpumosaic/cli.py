@@ -283,6 +283,22 @@ def default_source() -> str:
     return "real" if cache_ready() else "demo"
 
 
+def _load_source(spec: str, flag: str, kinds, demo, real, loader, select):
+    """``KIND[:PATH][:SELECTOR]`` through ``demo`` / ``real`` (then ``select``) or ``loader`` (which selects
+    itself: pools before cropping, mocap by the loader's own sequence and frame numbers)."""
+    src = split_source(spec, flag)
+    if src.kind not in kinds and src.kind not in SPECIAL_KINDS:
+        raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
+                         f"{sorted(kinds) + list(SPECIAL_KINDS)}")
+    try:
+        if src.kind not in SPECIAL_KINDS:
+            return loader(src)
+        data = demo(src.path) if src.kind == "demo" else real(src.path)
+        return data if src.selection is None else select(data, src.selection)
+    except (OSError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {flag}: {err}") from None
+
+
 def load_pool_source(spec: str, device: torch.device, options: dict | None = None, flag: str = "--pool"):
     """One ``KIND[:PATH][:SELECTOR]`` pool spec -> :class:`~gpumosaic.sources.base.Pool2D` on ``device``."""
     from .pools import load_pool
@@ -291,20 +307,11 @@ def load_pool_source(spec: str, device: torch.device, options: dict | None = Non
     from .sources.real import load_real_pool
     from .sources.select import select_pool
 
-    src = split_source(spec, flag)
-    if src.kind not in POOL_KINDS and src.kind not in SPECIAL_KINDS:
-        raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
-                         f"{sorted(POOL_KINDS) + list(SPECIAL_KINDS)}")
-    try:
-        if src.kind == "demo":
-            data = load_demo_pool(device=device, path=src.path)
-        elif src.kind == "real":
-            data = load_real_pool(device=device, cache=src.path)
-        else:  # selected before cropping
-            return load_pool(src.kind, src.path, device=device, selection=src.selection, **(options or {}))
-        return data if src.selection is None else select_pool(data, src.selection)
-    except (OSError, ValueError, TypeError) as err:
-        raise SystemExit(f"error: {flag}: {err}") from None
+    return _load_source(
+        spec, flag, POOL_KINDS, lambda path: load_demo_pool(device=device, path=path),
+        lambda path: load_real_pool(device=device, cache=path),
+        lambda src: load_pool(src.kind, src.path, device=device, selection=src.selection, **(options or {})),
+        select_pool)
 
 
 def load_mocap_source(spec: str, device: torch.device, options: dict | None = None, flag: str = "--mocap"):
@@ -314,20 +321,11 @@ def load_mocap_source(spec: str, device: torch.device, options: dict | None = No
     from .sources.real import load_real_mocap
     from .sources.select import select_mocap
 
-    src = split_source(spec, flag)
-    if src.kind not in MOCAP_KINDS and src.kind not in SPECIAL_KINDS:
-        raise SystemExit(f"error: {flag}: unknown kind {src.kind!r}; expected one of "
-                         f"{sorted(MOCAP_KINDS) + list(SPECIAL_KINDS)}")
-    try:
-        if src.kind == "demo":
-            data = load_demo_mocap(device=device, path=src.path)
-        elif src.kind == "real":
-            data = load_real_mocap(device=device, cache=src.path)
-        else:  # the loader's own sequence and frame numbers
-            return load_mocap(src.kind, src.path, device=device, selection=src.selection, **(options or {}))
-        return data if src.selection is None else select_mocap(data, src.selection)
-    except (OSError, ValueError, TypeError) as err:
-        raise SystemExit(f"error: {flag}: {err}") from None
+    return _load_source(
+        spec, flag, MOCAP_KINDS, lambda path: load_demo_mocap(device=device, path=path),
+        lambda path: load_real_mocap(device=device, cache=path),
+        lambda src: load_mocap(src.kind, src.path, device=device, selection=src.selection, **(options or {})),
+        select_mocap)
 
 
 def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool_options: dict | None = None,
