@@ -170,10 +170,17 @@ def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
         if q.device.type == "cpu" and not torch.compiler.is_compiling():
             # Ties are rare: decide only those (a data-dependent count, free on the CPU), with the same
             # arithmetic per pair as the dense form below, so the decisions are identical.
-            bi, ti, pi = tie.nonzero().unbind(1)
-            inside[bi, ti, pi] = _sos_inside(
-                dp[bi, ti, pi], bp[bi, ti], cp[bi, ti], k0[bi, ti], sgn[bi, ti], ia[ti, 0], ib[ti, 0], ic[ti, 0],
-                ar[pi], tol[bi, 0, 0], p_ + 1)
+            tie &= ~member  # a triangle's own vertices (det = 0) are excluded below anyway
+            pair = tie.view(-1).nonzero()[:, 0]  # flat (b, T, P) index of each tie
+            bt, pi = torch.div(pair, p_, rounding_mode="floor"), pair % p_
+            ti, bi = bt % t_, torch.div(bt, t_, rounding_mode="floor")
+
+            sos = _sos_inside(
+                dp.reshape(-1, 2).index_select(0, pair), bp.reshape(-1, 2).index_select(0, bt),
+                cp.reshape(-1, 2).index_select(0, bt), k0.reshape(-1).index_select(0, bt),
+                sgn.reshape(-1).index_select(0, bt), ia.view(-1).index_select(0, ti), ib.view(-1).index_select(0, ti),
+                ic.view(-1).index_select(0, ti), pi, tol.view(-1).index_select(0, bi), p_ + 1)
+            inside.masked_scatter_(tie, sos)  # in the order of the mask's True entries, as nonzero lists them
         else:  # one graph, no host sync: decide every pair and keep the tied ones
             sos = _sos_inside(dp, bp[:, :, None], cp[:, :, None], k0[..., None], sgn[..., None], ia, ib, ic,
                               ar.expand(t_, p_), tol, p_ + 1)
