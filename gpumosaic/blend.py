@@ -283,14 +283,42 @@ def _window_weights(
         def corner(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
             return flat.index_select(0, (yy * stride + xx + first).reshape(-1))  # (m * H * W, n)
 
-        # Inclusion-exclusion on the table: count of each label inside the window.
-        count = corner(y1 + 1, x1 + 1)
-        count -= corner(y0, x1 + 1)
-        count -= corner(y1 + 1, x0)
-        count += corner(y0, x0)
-        share = count.view(m, height, width, n).to(dtype).div_(area[..., None])
-        out[start:stop] = share.permute(0, 3, 1, 2)
+        corners = ((y1 + 1, x1 + 1), (y0, x1 + 1), (y1 + 1, x0), (y0, x0))
+        if device.type == "cpu" and not torch.compiler.is_compiling():
+            share = _window_shares_where_mixed(flat, stride, first, corners, index[start:stop], area, n)
+        else:  # one graph, no host sync: every label of every window
+            # Inclusion-exclusion on the table: count of each label inside the window.
+            count = corner(*corners[0])
+            count -= corner(*corners[1])
+            count -= corner(*corners[2])
+            count += corner(*corners[3])
+            share = count.view(m, height, width, n).to(dtype).div_(area[..., None])
+        out[start:stop] = share.view(m, height, width, n).permute(0, 3, 1, 2)
     return out
+
+
+def _window_shares_where_mixed(flat, stride, first, corners, index, area, n):
+    """:func:`_window_weights`'s shares (m * H * W, n) computed label by label only where a window holds
+    more than one label (CPU: a data-dependent count). Elsewhere the pixel's own label fills its window:
+    count = area, share exactly 1, the others exactly 0, as the dense formula gives."""
+    own = index.reshape(-1)
+    rows = [(yy * stride + xx + first).reshape(-1) for yy, xx in corners]  # table row of each corner
+    col = flat.view(-1)
+    own_count = col.index_select(0, rows[0] * n + own)
+    own_count -= col.index_select(0, rows[1] * n + own)
+    own_count -= col.index_select(0, rows[2] * n + own)
+    own_count += col.index_select(0, rows[3] * n + own)
+    area = area.reshape(-1)
+    pure = own_count == area.to(own_count.dtype)
+    share = torch.zeros(own.numel(), n, dtype=area.dtype, device=own.device)
+    share.scatter_(1, own[:, None], pure.to(area.dtype)[:, None])
+    mixed = (~pure).nonzero()[:, 0]
+    count = flat.index_select(0, rows[0].index_select(0, mixed))
+    count -= flat.index_select(0, rows[1].index_select(0, mixed))
+    count -= flat.index_select(0, rows[2].index_select(0, mixed))
+    count += flat.index_select(0, rows[3].index_select(0, mixed))
+    share.index_copy_(0, mixed, count.to(area.dtype).div_(area.index_select(0, mixed)[:, None]))
+    return share
 
 
 def window_weights_reference(

@@ -94,6 +94,22 @@ def _tolerance_scale(q: torch.Tensor) -> torch.Tensor:
     return ext.square().clamp_min(1e-300)
 
 
+def _sos_inside(dp, bp, cp, k0, sgn, ia, ib, ic, idx_d, tol, big: int) -> torch.Tensor:
+    """Simulation of simplicity for tied in-circle tests (see :func:`_delaunay_valid`): the sub-orientations
+    g_a, g_b, g_c and the lowest-index non-zero one decides (d inside iff it is negative). Broadcasting
+    arguments: dp, bp, cp (..., 2); k0, sgn (...) with k0 already oriented; ia, ib, ic, idx_d (...) int64
+    point indices; tol (...) the orientation tolerance."""
+    gb = _cross(dp, cp) * sgn  # orient(a, d, c) = orient(d, c, a)
+    gc = _cross(bp, dp) * sgn  # orient(a, b, d) = orient(d, a, b)
+    ga = k0 - gb - gc  # orient(d, b, c) = orient(a, b, c) - orient(a, d, c) - orient(a, b, d)
+    ka = torch.where(ga.abs() > tol, ia, big)
+    kb = torch.where(gb.abs() > tol, ib, big)
+    kc = torch.where(gc.abs() > tol, ic, big)
+    first = torch.minimum(torch.minimum(ka, kb), torch.minimum(kc, idx_d))
+    g_first = torch.where(first == ka, ga, torch.where(first == kb, gb, torch.where(first == kc, gc, -1.0)))
+    return g_first < 0
+
+
 def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """Delaunay test of every triple against every point. q: (B, P, 2) float64; tri: (T, 3); -> bool (B, T).
 
@@ -126,7 +142,6 @@ def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     ar = torch.arange(p_, device=q.device)
     ia, ib, ic = (tri[:, k, None] for k in range(3))  # (T, 1)
     member = (ia == ar) | (ib == ar) | (ic == ar)  # (T, P): a vertex is not tested against its own triangle
-    big = torch.full((t_, p_), p_ + 1, dtype=torch.long, device=q.device)
     chunk = max(1, (1 << 16) // (t_ * p_))  # keeps the (b, T, P) temporaries cache-sized
     out = []
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
@@ -150,17 +165,27 @@ def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
         det = dy * k2[..., None] - dx * k1[..., None] - ld * k0[..., None]
         perm = ld * p0[..., None] + dx.abs() * p1[..., None] + dy.abs() * p2[..., None]
         tie = det.abs() <= (_TOL_ULPS * eps) * perm
-        # Simulation of simplicity on ties: sub-orientations, then the lowest-index non-zero one decides.
-        gb = _cross(dp, cp[:, :, None, :]) * sgn[..., None]  # orient(a, d, c) = orient(d, c, a)
-        gc = _cross(bp[:, :, None, :], dp) * sgn[..., None]  # orient(a, b, d) = orient(d, a, b)
-        ga = k0[..., None] - gb - gc  # orient(d, b, c) = orient(a, b, c) - orient(a, d, c) - orient(a, b, d)
+        inside = det > 0
         tol = tol_o[..., None]
-        ka = torch.where(ga.abs() > tol, ia, big)
-        kb = torch.where(gb.abs() > tol, ib, big)
-        kc = torch.where(gc.abs() > tol, ic, big)
-        first = torch.minimum(torch.minimum(ka, kb), torch.minimum(kc, ar.expand(t_, p_)))
-        g_first = torch.where(first == ka, ga, torch.where(first == kb, gb, torch.where(first == kc, gc, -1.0)))
-        inside = torch.where(tie, g_first < 0, det > 0) & ~member
+        if q.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Ties are rare: decide only those (a data-dependent count, free on the CPU), with the same
+            # arithmetic per pair as the dense form below, so the decisions are identical.
+            tie &= ~member  # a triangle's own vertices (det = 0) are excluded below anyway
+            pair = tie.view(-1).nonzero()[:, 0]  # flat (b, T, P) index of each tie
+            bt, pi = torch.div(pair, p_, rounding_mode="floor"), pair % p_
+            ti, bi = bt % t_, torch.div(bt, t_, rounding_mode="floor")
+
+            sos = _sos_inside(
+                dp.reshape(-1, 2).index_select(0, pair), bp.reshape(-1, 2).index_select(0, bt),
+                cp.reshape(-1, 2).index_select(0, bt), k0.reshape(-1).index_select(0, bt),
+                sgn.reshape(-1).index_select(0, bt), ia.view(-1).index_select(0, ti), ib.view(-1).index_select(0, ti),
+                ic.view(-1).index_select(0, ti), pi, tol.view(-1).index_select(0, bi), p_ + 1)
+            inside.masked_scatter_(tie, sos)  # in the order of the mask's True entries, as nonzero lists them
+        else:  # one graph, no host sync: decide every pair and keep the tied ones
+            sos = _sos_inside(dp, bp[:, :, None], cp[:, :, None], k0[..., None], sgn[..., None], ia, ib, ic,
+                              ar.expand(t_, p_), tol, p_ + 1)
+            inside = torch.where(tie, sos, inside)
+        inside &= ~member
         out.append(valid & ~inside.any(-1))
     return torch.cat(out, 0)
 

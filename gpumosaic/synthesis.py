@@ -49,6 +49,7 @@ __all__ = [
     "prepare_pool",
     "validate_query",
     "match_and_map",
+    "probability_maps",
     "mosaic_result",
     "warp_matched",
     "synthesise_hard",
@@ -220,7 +221,8 @@ class Matched:
             ``searched``).
         aligned: float (B, J, J, 2) ``q'``, each match's joints after the rigid map ``T`` (Eq. 2).
         query_from_stored: float (B, J, 2, 3) warp affines from stored-image pixels to the box.
-        probability: float (B, J, S, S) probability maps (Eq. 5), zeros where not searched.
+        probability: float (B, J, S, S) probability maps (Eq. 5), zeros where not searched (``None`` when
+            :func:`match_and_map` was asked for steps 1–3 only).
     """
 
     pose2d: torch.Tensor
@@ -237,6 +239,7 @@ def match_and_map(
     settings: MosaicSettings,
     prepared: PreparedPool,
     matches: torch.Tensor | None = None,
+    maps: bool = True,
 ) -> Matched:
     """Steps 1–4, shared by hard and soft mode: box, retrieval, rigid alignment, probability maps.
 
@@ -251,6 +254,7 @@ def match_and_map(
         prepared: the pool (:func:`prepare_pool`).
         matches: int64 (B, J) virtual pool entries to use instead of retrieval (e.g. to hold matches
             fixed while fitting a pose), or ``None`` to retrieve (Eq. 4).
+        maps: ``False``: skip step 4 (``probability`` is ``None``).
 
     Returns:
         :class:`Matched`.
@@ -281,13 +285,33 @@ def match_and_map(
     query_from_box, aligned = rigid_alignment(p, q, nb)  # (B, J, 2, 3), (B, J, J, 2)
     query_from_stored = compose_affine(query_from_box, prepared.box_from_stored[m].to(dt))
 
-    # 4. Probability maps (Eq. 5): vertex values exp(-||p_k - q'_k||^2 / sigma^2), barycentric inside
-    # the Delaunay triangulation of q', nearest-hull-point value outside.
-    values = torch.exp(-(p[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
-    prob = interpolate_triangulated(
-        aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), (s.size, s.size)
-    ).view(b, num_j, s.size, s.size) * searched[..., None, None].to(dt)
+    prob = probability_maps(p, aligned, searched, s) if maps else None
     return Matched(p, matches, m % len(prepared.pool), aligned, query_from_stored, prob)
+
+
+def probability_maps(
+    pose2d: torch.Tensor, aligned: torch.Tensor, searched: torch.Tensor, settings: MosaicSettings
+) -> torch.Tensor:
+    """Step 4 (Eq. 5): per-match probability maps.
+
+    Vertex values ``exp(-||p_k - q'_k||² / σ²)``, barycentric inside the Delaunay triangulation of ``q'``,
+    the nearest hull point's value outside.
+
+    Args:
+        pose2d: float (B, J, 2) queries ``p`` in the S×S box.
+        aligned: float (B, J, J, 2) each match's aligned joints ``q'``.
+        searched: bool (B, J).
+        settings: ``size`` and ``sigma`` are used.
+
+    Returns:
+        float (B, J, S, S), zeros where not searched.
+    """
+    s = settings
+    b, num_j = pose2d.shape[:2]
+    values = torch.exp(-(pose2d[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
+    return interpolate_triangulated(
+        aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), (s.size, s.size)
+    ).view(b, num_j, s.size, s.size) * searched[..., None, None].to(pose2d.dtype)
 
 
 def mosaic_result(prepared: PreparedPool, matched: Matched, searched: torch.Tensor, **images) -> MosaicResult:
@@ -362,11 +386,29 @@ def synthesise_hard(
         :class:`MosaicResult`.
     """
     s = settings
-    device = prepared.device
     searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
-    num_j = query.shape[1]
-    mt = match_and_map(query, searched, s, prepared)
-    p, source, query_from_stored, prob = mt.pose2d, mt.source_rows, mt.query_from_stored, mt.probability
+    mt = match_and_map(query, searched, s, prepared, maps=False)  # steps 1-3 on the whole batch
+    # Steps 4-8 on sub-batches of pixel_chunk mosaics (a count fixed by the shapes): their temporaries keep
+    # one size whatever the batch (docs/performance.md, "batch size").
+    b = query.shape[0]
+    parts = [_pixel_stages(mt, searched, s, prepared, slice(i, min(i + s.pixel_chunk, b)))
+             for i in range(0, max(b, 1), s.pixel_chunk)]  # b = 0: one empty pass
+    out = parts[0] if len(parts) == 1 else {k: _map(parts[0][k], lambda _, k=k: torch.cat([p[k] for p in parts]))
+                                            for k in parts[0]}
+    mt = replace(mt, probability=out.pop("probability"))
+    return mosaic_result(prepared, mt, searched, **out)
+
+
+def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepared: PreparedPool,
+                  rows: slice) -> dict:
+    """Steps 4–8 of :func:`synthesise_hard` for the batch rows ``rows``: a dict of the result's per-pixel
+    fields (``probability``, ``images``, ``mosaic_unblended``, ``index_map``, ``warped``, ``weights``,
+    ``distance``; ``None`` where not computed)."""
+    device = prepared.device
+    searched = searched[rows]
+    p, source, query_from_stored = mt.pose2d[rows], mt.source_rows[rows], mt.query_from_stored[rows]
+    num_j = p.shape[1]
+    prob = probability_maps(p, mt.aligned[rows], searched, s)
     images_pool = prepared.pool.images
 
     # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
@@ -401,6 +443,5 @@ def synthesise_hard(
             one_hot = torch.nn.functional.one_hot(index, num_j).permute(0, 3, 1, 2).to(prob.dtype)
             unblended = warp_blend_sparse(images_pool, source, query_from_stored, one_hot, s.padding_mode)
         images = unblended
-
-    return mosaic_result(prepared, mt, searched, images=images, mosaic_unblended=unblended, index_map=index,
-                         warped=warped, weights=weights, distance=distance)
+    return dict(probability=prob, images=images, mosaic_unblended=unblended, index_map=index, warped=warped,
+                weights=weights, distance=distance)

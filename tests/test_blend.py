@@ -63,6 +63,26 @@ def test_window_weights_direct_count(device, chunk):
                                            rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_weights_mixed_only_path_equals_one_graph_path(monkeypatch, dtype):
+    # On the CPU only windows holding several labels are counted label by label (the others are one-hot);
+    # under torch.compile (and on CUDA) every label of every window is counted. Bit-identical both ways.
+    import gpumosaic.blend as bl
+
+    g = torch.Generator().manual_seed(4)
+    coarse = torch.randint(0, 9, (5, 6, 6), generator=g)
+    index = coarse.repeat_interleave(7, 1).repeat_interleave(7, 2)[:, :40, :37].contiguous()
+    half = torch.randint(0, 9, (5, 40, 37), generator=g)
+    half[0] = 0  # every window one pixel: all pure
+    half[1] = 50  # every window the whole image: all mixed
+    mixed_only = window_weights(index, 9, half, dtype=dtype, chunk=2)
+    with monkeypatch.context() as m:
+        m.setattr(bl.torch.compiler, "is_compiling", lambda: True)
+        dense = window_weights(index, 9, half, dtype=dtype, chunk=2)
+    assert torch.equal(mixed_only, dense)
+    assert 0 < float((mixed_only == 1).float().mean()) < 1  # both kinds of pixel occur
+
+
 def test_window_weights_reference_twin():
     g = torch.Generator().manual_seed(1)
     index = torch.randint(0, 3, (2, 6, 9), generator=g)

@@ -211,6 +211,29 @@ def test_deterministic():
     assert torch.equal(a.images, b.images) and torch.equal(a.index_map, b.index_map)
 
 
+@pytest.mark.parametrize("blend,warps", [(True, "auto"), (False, "auto"), (True, "dense")])
+def test_pixel_chunk_does_not_change_results(blend, warps):
+    # The per-pixel stages run on sub-batches of pixel_chunk mosaics: every field of the result is the same
+    # as one pass over the whole batch (chunks of 1, 3 with a remainder, and more than the batch), and each
+    # mosaic is the one a batch of its own gives.
+    pool = _random_pool(n=6, seed=13)
+    g = torch.Generator().manual_seed(6)
+    q = torch.rand(7, 14, 2, generator=g) * 90
+    occ = torch.rand(7, 14, generator=g) < 0.2
+    fields = ("images", "mosaic_unblended", "index_map", "probability", "weights", "distance", "warped",
+              "matches", "source_rows", "source_ids", "mirrored", "searched", "pose2d", "aligned")
+    results = [MosaicEngine(pool, size=36, blend=blend, warps=warps, pixel_chunk=c)(q, occ) for c in (1, 3, 64)]
+    for r in results[:2]:
+        for f in fields:
+            a, b = getattr(r, f), getattr(results[2], f)
+            assert (a is None and b is None) or torch.equal(a, b), f
+    single = MosaicEngine(pool, size=36, blend=blend, warps=warps)(q[4:5], occ[4:5])
+    assert torch.equal(single.images, results[1].images[4:5])
+    assert torch.equal(single.index_map, results[1].index_map[4:5])
+    with pytest.raises(ValueError, match="pixel_chunk"):
+        MosaicEngine(pool, pixel_chunk=0)
+
+
 def test_input_not_mutated():
     pool = _random_pool(n=4, seed=12)
     images0, joints0 = pool.images.clone(), pool.joints.clone()

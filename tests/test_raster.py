@@ -115,6 +115,25 @@ class TestDelaunay:
                 r = np.linalg.norm(a - centre)
                 assert (np.linalg.norm(p - centre, axis=1) > r - 1e-9).all()
 
+    def test_tie_only_path_equals_the_one_graph_path(self, monkeypatch):
+        # On the CPU ties are decided only where they occur (nonzero); under torch.compile (and on CUDA) every
+        # pair is decided densely. Tie-heavy sets (grids: cocircular squares, collinear hull points; duplicates;
+        # integer points) must give identical triangulations both ways.
+        import gpumosaic.delaunay as dl
+
+        g = torch.Generator().manual_seed(5)
+        sets = [_grid_points(4).expand(3, 16, 2).clone(), _grid_points(3, step=1.0).expand(2, 9, 2).clone(),
+                torch.randint(0, 5, (40, 14, 2), generator=g).to(torch.float64),
+                _random_points(20, 14, seed=7)]
+        sets[-1][:, 9] = sets[-1][:, 3]  # duplicates among general points
+        for pts in sets:
+            ties_only = dl.delaunay(pts)
+            with monkeypatch.context() as m:
+                m.setattr(dl.torch.compiler, "is_compiling", lambda: True)
+                dense = dl.delaunay(pts)
+            assert torch.equal(ties_only.valid, dense.valid)
+        assert int(ties_only.num_triangles.min()) > 0
+
     def test_coincident_points_keep_the_lowest_index(self):
         pts = _random_points(5, 8, seed=4)
         pts[:, 6] = pts[:, 2]  # point 6 duplicates point 2
