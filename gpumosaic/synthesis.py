@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ._check import check_finite, check_shape, checks_enabled
-from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
+from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
 from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
 from .pairwise import tree_potts_matches
@@ -429,9 +429,7 @@ def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepar
     if s.blend:
         distance = skeleton_distance(p, prepared.skeleton, (s.size, s.size))
         half = window_half_width(distance, s.alpha, s.beta)
-        weights = window_weights(index, num_j, half)
-        if valid is not None:
-            weights = mask_weights(weights, valid)
+        weights = window_weights(index, num_j, half, valid=valid)  # mask_weights(w, valid) with a mask
         if sparse:  # every window holds its own pixel: the copy-paste samples are among the blend's
             images, unblended = warp_blend_sparse(
                 images_pool, source, query_from_stored, weights, s.padding_mode, index_map=index
