@@ -309,9 +309,20 @@ def probability_maps(
     s = settings
     b, num_j = pose2d.shape[:2]
     values = torch.exp(-(pose2d[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
-    return interpolate_triangulated(
-        aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), (s.size, s.size)
-    ).view(b, num_j, s.size, s.size) * searched[..., None, None].to(pose2d.dtype)
+    points, values = aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j)
+    size = (s.size, s.size)
+    differentiable = torch.is_grad_enabled() and (points.requires_grad or values.requires_grad)
+    if pose2d.device.type == "cpu" and not torch.compiler.is_compiling() and not differentiable:
+        # Unsearched (self-occluded) joints' maps are zeros: not rasterised (a data-dependent count, free on
+        # the CPU); the same values as the dense form below.
+        rows = searched.reshape(-1).nonzero()[:, 0]
+        if len(rows) == b * num_j:
+            return interpolate_triangulated(points, values, size).view(b, num_j, *size)
+        out = values.new_zeros(b * num_j, *size)
+        out.index_copy_(0, rows, interpolate_triangulated(points[rows], values[rows], size))
+        return out.view(b, num_j, *size)
+    return interpolate_triangulated(points, values, size).view(b, num_j, *size) * searched[..., None, None].to(
+        pose2d.dtype)
 
 
 def mosaic_result(prepared: PreparedPool, matched: Matched, searched: torch.Tensor, **images) -> MosaicResult:
