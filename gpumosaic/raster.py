@@ -150,6 +150,17 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
         cons = _prepare_constraints(torch.cat((il, el), 1), torch.cat((ie, ee), 1))
     ok = torch.cat((iok, eok), 1)
     aff = torch.cat((iaff, eaff), 1)  # (B, R, 3) float64 affine maps, differentiable
+    if dev.type == "cpu" and not torch.compiler.is_compiling() and ok.numel() > 0:
+        # About a third of the R region slots are unused (padding for the largest possible triangulation and
+        # hull); each pixel row pays for every slot, so keep the used ones, in their order, up to the most
+        # any point set uses (a data-dependent size, free on the CPU). Unused regions never start a run, and
+        # the row sort is stable, so the result is the same.
+        used = int(ok.sum(1).max())
+        order = torch.sort((~ok).to(torch.uint8), dim=1, stable=True).indices[:, :used]  # (B, R')
+        pick = lambda t: torch.gather(t, 1, order.view(*order.shape, *([1] * (t.dim() - 2))).expand(  # noqa: E731
+            *order.shape, *t.shape[2:]))
+        cons = tuple(tuple(pick(t) for t in group) for group in cons)
+        ok, aff = pick(ok), pick(aff)
     y64 = torch.arange(h_, dtype=torch.float64, device=dev)
     v64 = values.detach().to(torch.float64)
     vmin, vmax = v64.amin(1)[:, None, None], v64.amax(1)[:, None, None]

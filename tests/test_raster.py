@@ -184,6 +184,27 @@ def _inside_hull_mask(pts: np.ndarray, size, margin=1e-3) -> np.ndarray:
 
 class TestInterpolateTriangulated:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_used_regions_only_equals_all_region_slots(self, monkeypatch, dtype):
+        # On the CPU the rasteriser keeps only the region slots some point set uses; the one-graph form scans
+        # all slots. Mixed batches (general, grid, collinear, coincident and 3-point sets, so the used counts
+        # differ per element) must give bit-identical images.
+        import gpumosaic.raster as ra
+
+        g = torch.Generator().manual_seed(9)
+        pts = _random_points(6, 14, seed=11, dtype=dtype)
+        pts[1] = _grid_points(4)[0, :14].to(dtype)
+        pts[2] = torch.stack([torch.linspace(0, 30, 14), torch.linspace(5, 20, 14)], -1).to(dtype)  # collinear
+        pts[3, 5:] = pts[3, 4]  # coincident
+        vals = torch.rand(6, 14, generator=g).to(dtype)
+        used = ra.interpolate_triangulated(pts, vals, (37, 41))
+        small = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (37, 41))
+        with monkeypatch.context() as m:
+            m.setattr(ra.torch.compiler, "is_compiling", lambda: True)
+            every = ra.interpolate_triangulated(pts, vals, (37, 41))
+            small_every = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (37, 41))
+        assert torch.equal(used, every) and torch.equal(small, small_every)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_reference(self, dtype, device):
         size = (40, 44)
         pts = _random_points(12, 14, seed=10, dtype=dtype).to(device)
