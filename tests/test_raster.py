@@ -196,12 +196,13 @@ class TestInterpolateTriangulated:
         pts[2] = torch.stack([torch.linspace(0, 30, 14), torch.linspace(5, 20, 14)], -1).to(dtype)  # collinear
         pts[3, 5:] = pts[3, 4]  # coincident
         vals = torch.rand(6, 14, generator=g).to(dtype)
-        used = ra.interpolate_triangulated(pts, vals, (37, 41))
-        small = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (37, 41))
+        pts = pts + 25  # every region (exterior ones included) crosses the image
+        used = ra.interpolate_triangulated(pts, vals, (110, 104))
+        small = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (110, 104))
         with monkeypatch.context() as m:
             m.setattr(ra.torch.compiler, "is_compiling", lambda: True)
-            every = ra.interpolate_triangulated(pts, vals, (37, 41))
-            small_every = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (37, 41))
+            every = ra.interpolate_triangulated(pts, vals, (110, 104))
+            small_every = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (110, 104))
         assert torch.equal(used, every) and torch.equal(small, small_every)
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
