@@ -296,8 +296,7 @@ def _window_weights(
         corners = ((y1 + 1, x1 + 1), (y0, x1 + 1), (y1 + 1, x0), (y0, x0))
         ok = None if valid is None else valid[start:stop]
         if device.type == "cpu" and not torch.compiler.is_compiling():
-            share = _window_shares_where_mixed(flat, stride, first, corners, index[start:stop], area, n, ok)
-            out[start:stop] = share.view(m, height, width, n).permute(0, 3, 1, 2)
+            _window_shares_where_mixed(out[start:stop], flat, stride, first, corners, index[start:stop], area, ok)
         else:  # one graph, no host sync: every label of every window
             # Inclusion-exclusion on the table: count of each label inside the window.
             count = corner(*corners[0])
@@ -309,10 +308,12 @@ def _window_weights(
     return out
 
 
-def _window_shares_where_mixed(flat, stride, first, corners, index, area, n, valid=None):
-    """:func:`_window_weights`'s shares (m * H * W, n) computed label by label only where a window holds
-    more than one label (CPU: a data-dependent count). Elsewhere the pixel's own label fills its window:
-    count = area, share exactly 1, the others exactly 0, as the dense formula gives."""
+def _window_shares_where_mixed(out, flat, stride, first, corners, index, area, valid=None) -> None:
+    """:func:`_window_weights`'s shares written into ``out`` (m, n, H, W), computed label by label only where
+    a window holds more than one label (CPU: a data-dependent count). Elsewhere the pixel's own label fills
+    its window: count = area, share exactly 1, the others exactly 0, as the dense formula gives."""
+    m, n = out.shape[:2]
+    hw = out.shape[2] * out.shape[3]
     own = index.reshape(-1)
     rows = [(yy * stride + xx + first).reshape(-1) for yy, xx in corners]  # table row of each corner
     col = flat.view(-1)
@@ -322,19 +323,18 @@ def _window_shares_where_mixed(flat, stride, first, corners, index, area, n, val
     own_count += col.index_select(0, rows[3] * n + own)
     area = area.reshape(-1)
     pure = own_count == area.to(own_count.dtype)
-    share = torch.zeros(own.numel(), n, dtype=area.dtype, device=own.device)
-    share.scatter_(1, own[:, None], pure.to(area.dtype)[:, None])
+    shares = out.view(m, n, hw)
+    shares.zero_().scatter_(1, own.view(m, 1, hw), pure.view(m, 1, hw).to(out.dtype))
     mixed = (~pure).nonzero()[:, 0]
     count = flat.index_select(0, rows[0].index_select(0, mixed))
     count -= flat.index_select(0, rows[1].index_select(0, mixed))
     count -= flat.index_select(0, rows[2].index_select(0, mixed))
     count += flat.index_select(0, rows[3].index_select(0, mixed))
-    mixed_share = count.to(area.dtype).div_(area.index_select(0, mixed)[:, None])
+    mixed_share = count.to(out.dtype).div_(area.index_select(0, mixed)[:, None])
     if valid is not None:  # mask_weights on the mixed windows (a one-label window is left one-hot by it)
         ok = valid.permute(0, 2, 3, 1).reshape(-1, n).index_select(0, mixed)
         mixed_share = _masked_shares(mixed_share, ok, dim=1)
-    share.index_copy_(0, mixed, mixed_share)
-    return share
+    shares.permute(0, 2, 1).index_put_((torch.div(mixed, hw, rounding_mode="floor"), mixed % hw), mixed_share)
 
 
 def window_weights_reference(
