@@ -32,7 +32,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ._check import check_finite, check_shape, checks_enabled
-from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
+from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
+from .delaunay import TriangulationCache
 from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
 from .pairwise import tree_potts_matches
@@ -126,11 +127,14 @@ class PreparedPool:
         index: the retrieval index of the Nv virtual entries' box poses (rows ``N..2N-1`` mirrored).
         box_from_stored: float (Nv, 2, 3), each virtual entry's map from its stored image's pixels to the
             S×S box (the mirror folded in for mirrored entries).
+        triangulations: the Delaunay triangulation of each virtual entry's box pose, computed on first use
+            (CPU; Eq. 5's triangulation of the aligned joints is the same: :class:`TriangulationCache`).
     """
 
     pool: Pool2D
     index: RetrievalIndex
     box_from_stored: torch.Tensor
+    triangulations: TriangulationCache
 
     @property
     def skeleton(self) -> Skeleton:
@@ -162,7 +166,7 @@ def prepare_pool(pool: Pool2D, skeleton: Skeleton, settings: MosaicSettings) -> 
         box_from_stored_m = compose_affine(box_from_flipped, mirror_affine(width, joints))
         box = torch.cat([box, box_m], 0)
         box_from_stored = torch.cat([box_from_stored, box_from_stored_m], 0)
-    return PreparedPool(pool, RetrievalIndex.build(box, skeleton), box_from_stored)
+    return PreparedPool(pool, RetrievalIndex.build(box, skeleton), box_from_stored, TriangulationCache(box))
 
 
 def validate_query(
@@ -290,7 +294,8 @@ def match_and_map(
 
 
 def probability_maps(
-    pose2d: torch.Tensor, aligned: torch.Tensor, searched: torch.Tensor, settings: MosaicSettings
+    pose2d: torch.Tensor, aligned: torch.Tensor, searched: torch.Tensor, settings: MosaicSettings,
+    triangles: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Step 4 (Eq. 5): per-match probability maps.
 
@@ -302,6 +307,8 @@ def probability_maps(
         aligned: float (B, J, J, 2) each match's aligned joints ``q'``.
         searched: bool (B, J).
         settings: ``size`` and ``sigma`` are used.
+        triangles: optional (B, J, T) bool Delaunay triangulation of each match's aligned joints (e.g. its pool
+            pose's, :attr:`PreparedPool.triangulations`); ``None`` triangulates ``aligned`` here.
 
     Returns:
         float (B, J, S, S), zeros where not searched.
@@ -309,9 +316,22 @@ def probability_maps(
     s = settings
     b, num_j = pose2d.shape[:2]
     values = torch.exp(-(pose2d[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
-    return interpolate_triangulated(
-        aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), (s.size, s.size)
-    ).view(b, num_j, s.size, s.size) * searched[..., None, None].to(pose2d.dtype)
+    points, values = aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j)
+    tri = None if triangles is None else triangles.reshape(b * num_j, -1)
+    size = (s.size, s.size)
+    differentiable = torch.is_grad_enabled() and (points.requires_grad or values.requires_grad)
+    if pose2d.device.type == "cpu" and not torch.compiler.is_compiling() and not differentiable:
+        # Unsearched (self-occluded) joints' maps are zeros: not rasterised (a data-dependent count, free on
+        # the CPU); the same values as the dense form below.
+        rows = searched.reshape(-1).nonzero()[:, 0]
+        if len(rows) == b * num_j:
+            return interpolate_triangulated(points, values, size, tri).view(b, num_j, *size)
+        out = values.new_zeros(b * num_j, *size)
+        out.index_copy_(0, rows, interpolate_triangulated(points[rows], values[rows], size,
+                                                          None if tri is None else tri[rows]))
+        return out.view(b, num_j, *size)
+    return interpolate_triangulated(points, values, size, tri).view(b, num_j, *size) * searched[
+        ..., None, None].to(pose2d.dtype)
 
 
 def mosaic_result(prepared: PreparedPool, matched: Matched, searched: torch.Tensor, **images) -> MosaicResult:
@@ -408,7 +428,10 @@ def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepar
     searched = searched[rows]
     p, source, query_from_stored = mt.pose2d[rows], mt.source_rows[rows], mt.query_from_stored[rows]
     num_j = p.shape[1]
-    prob = probability_maps(p, mt.aligned[rows], searched, s)
+    tri = None  # the pool poses' own triangulations, filled on first use (CPU: a data-dependent count)
+    if device.type == "cpu" and not torch.compiler.is_compiling():
+        tri = prepared.triangulations.valid(mt.matches[rows].clamp_min(0).reshape(-1)).view(*searched.shape, -1)
+    prob = probability_maps(p, mt.aligned[rows], searched, s, tri)
     images_pool = prepared.pool.images
 
     # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
@@ -429,9 +452,7 @@ def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepar
     if s.blend:
         distance = skeleton_distance(p, prepared.skeleton, (s.size, s.size))
         half = window_half_width(distance, s.alpha, s.beta)
-        weights = window_weights(index, num_j, half)
-        if valid is not None:
-            weights = mask_weights(weights, valid)
+        weights = window_weights(index, num_j, half, valid=valid)  # mask_weights(w, valid) with a mask
         if sparse:  # every window holds its own pixel: the copy-paste samples are among the blend's
             images, unblended = warp_blend_sparse(
                 images_pool, source, query_from_stored, weights, s.padding_mode, index_map=index

@@ -9,6 +9,7 @@ from gpumosaic.blend import (
     blend,
     blend_reference,
     index_map,
+    mask_weights,
     index_map_reference,
     mosaic_from_index,
     mosaic_from_index_reference,
@@ -81,6 +82,31 @@ def test_window_weights_mixed_only_path_equals_one_graph_path(monkeypatch, dtype
         dense = window_weights(index, 9, half, dtype=dtype, chunk=2)
     assert torch.equal(mixed_only, dense)
     assert 0 < float((mixed_only == 1).float().mean()) < 1  # both kinds of pixel occur
+
+
+@pytest.mark.parametrize("mixed_only", [True, False])
+def test_window_weights_with_valid_equals_mask_weights(monkeypatch, mixed_only):
+    # window_weights(valid=) is mask_weights(window_weights(), valid) in one pass, on the CPU's mixed-window
+    # path and on the one-graph path (up to the order of the sum over labels: 1 ulp).
+    import gpumosaic.blend as bl
+
+    g = torch.Generator().manual_seed(8)
+    coarse = torch.randint(0, 6, (4, 5, 5), generator=g)
+    index = coarse.repeat_interleave(6, 1).repeat_interleave(6, 2)[:, :27, :29].contiguous()
+    half = torch.randint(0, 7, (4, 27, 29), generator=g)
+    valid = torch.rand(4, 6, 27, 29, generator=g) < 0.7
+    valid[:, :, :3] = False  # rows where no match is valid: weights left as they are
+    with monkeypatch.context() as m:
+        if not mixed_only:
+            m.setattr(bl.torch.compiler, "is_compiling", lambda: True)
+        got = window_weights(index, 6, half, valid=valid, chunk=3)
+    expected = mask_weights(window_weights(index, 6, half), valid)
+    torch.testing.assert_close(got, expected, atol=2e-7, rtol=0)
+    torch.testing.assert_close(got.sum(1), torch.ones(4, 27, 29), atol=1e-6, rtol=0)
+    with pytest.raises(ShapeError):
+        window_weights(index, 6, half, valid=valid[:, :5])
+    with pytest.raises(TypeError, match="valid"):
+        window_weights(index, 6, half, valid=valid.float())
 
 
 def test_window_weights_reference_twin():

@@ -234,6 +234,29 @@ def test_pixel_chunk_does_not_change_results(blend, warps):
         MosaicEngine(pool, pixel_chunk=0)
 
 
+def test_probability_maps_skip_unsearched_joints_on_the_cpu(monkeypatch):
+    # On the CPU only searched joints' maps are rasterised; the one-graph form rasterises all and multiplies
+    # by ``searched``. Same maps both ways, zero for unsearched joints.
+    import gpumosaic.synthesis as syn
+    from gpumosaic.raster import interpolate_triangulated
+
+    pool = _random_pool(n=6, seed=14)
+    eng = MosaicEngine(pool, size=33)
+    g = torch.Generator().manual_seed(7)
+    q = torch.rand(5, 14, 2, generator=g) * 90
+    searched = torch.rand(5, 14, generator=g) > 0.3
+    mt = syn.match_and_map(q, searched, eng.settings, eng.prepared, maps=False)
+    fast = syn.probability_maps(mt.pose2d, mt.aligned, searched, eng.settings)
+    with monkeypatch.context() as m:
+        m.setattr(syn.torch.compiler, "is_compiling", lambda: True)
+        dense = syn.probability_maps(mt.pose2d, mt.aligned, searched, eng.settings)
+    assert torch.equal(fast, dense)
+    assert float(fast[~searched].abs().max()) == 0.0 and float(fast[searched].amax()) > 0
+    b, j = map(int, torch.nonzero(searched)[3])
+    values = torch.exp(-(mt.pose2d[b] - mt.aligned[b, j]).square().sum(-1) / eng.settings.sigma**2)
+    assert torch.equal(fast[b, j], interpolate_triangulated(mt.aligned[b, j][None], values[None], (33, 33))[0])
+
+
 def test_input_not_mutated():
     pool = _random_pool(n=4, seed=12)
     images0, joints0 = pool.images.clone(), pool.joints.clone()
