@@ -4,7 +4,8 @@ Same index (the side-by-side benchmark's pool: ``make_pool`` with ``--fill-image
 queries (``make_queries``, fitted to the box as the engine does), one CPU thread, CPU time per batch. The older
 ``gpumosaic/pruning.py`` is read with ``git show COMMIT:gpumosaic/pruning.py`` and imported on its own (it needs
 only torch and the index); its ``PrunedSearch(index, radial, pair, cp, wp, rp, scale, step)`` is driven the way
-that commit's ``RetrievalIndex._pruned`` did (``--old-step rows`` per chunk: the scan's chunk rule). Matches and
+that commit's ``RetrievalIndex._pruned`` did (its own ``radial_table``; chunks of the scan's rule, or of the
+per-joint rule for commits whose module has ``EXACT_BATCH``), both held in memory at once. Matches and
 D are checked equal for every batch. Prints medians, the median of the paired (same batch, same round) ratios
 with a bootstrap 95 % interval, and the load average.
 
@@ -31,7 +32,6 @@ from side_by_side import make_pool, make_queries  # noqa: E402
 
 from gpumosaic import LSP14, MosaicEngine, load_demo_mocap, load_demo_pool  # noqa: E402
 from gpumosaic.geometry import fit_to_box  # noqa: E402
-from gpumosaic.pruning import radial_table  # noqa: E402
 
 
 def load_old(commit: str):
@@ -72,13 +72,18 @@ def main() -> None:
         p, _ = fit_to_box(q, s.size, s.margin)
         searched = ~o
         queries.append((p, searched | ~searched.any(dim=1, keepdim=True)))
-    radial = idx.radial() if hasattr(idx, "radial") else radial_table(idx.joints, idx.weights)
+    idx.radial()  # this checkout's table, built before timing
+    radial = old.radial_table(idx.joints, idx.weights)  # the older commit's own table
     scale0 = idx.joints.abs().amax()
+    # The older commit's chunk rule: per-joint chunks (commits with EXACT_BATCH) or the scan's chunks.
+    per_joint = hasattr(old, "EXACT_BATCH")
 
     def run_old(p, searched):
         pair, cp, wp = idx._query_side(p)
+        b, num_j = pair.shape
+        step = max(1, min(len(idx), budget // (b * num_j * 8))) if per_joint else idx._chunk_size(b, num_j, budget)
         ps = old.PrunedSearch(idx, radial, pair, cp, wp, torch.cdist(p, p), torch.maximum(scale0, p.abs().amax()),
-                              idx._chunk_size(*pair.shape, budget))
+                              step)
         bi, bd = ps.run()
         return bi.masked_fill(~searched, -1), bd.masked_fill(~searched, float("inf"))
 

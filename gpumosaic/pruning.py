@@ -7,7 +7,7 @@ rotated, :mod:`gpumosaic.retrieval`), the triangle inequality gives ``||c_k(p) -
     ``L_j(p, q) = Σ_k (w_k^j(q) + w_k^j(p)) · |r_k^j(p) - r_k^j(q)|  <=  D_j(p, q)``   (Eq. 3),
 
 with no angle and no choice of neighbour ``i``: a table of the pool's radial distances and weights, pool rows
-innermost, built once (:func:`radial_table`, ``8·Nv·J²`` bytes: 250 MB for N = 80,000 mirrored).
+innermost, built once (:func:`radial_table`, ``8·Nv·J·(J - 1)`` bytes: 233 MB for N = 80,000 mirrored).
 
 Search (:class:`PrunedSearch`). Joint by joint, the pool is scanned in chunks of ``n`` rows (from the memory
 budget: 4,681 rows at B = 8 with the CPU's 4 MiB). In each chunk the bound of the ``B`` rows of joint ``j`` is a
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["radial_table", "PrunedSearch", "REL_MARGIN", "ABS_MARGIN"]
+__all__ = ["off_diagonal", "radial_table", "PrunedSearch", "REL_MARGIN", "ABS_MARGIN"]
 
 REL_MARGIN = 1e-4
 """Relative slack of the skip test (the bound must exceed the best D by more than this fraction)."""
@@ -55,15 +55,25 @@ EXACT_BATCH = 1 << 14
 test of a chunk uses the best D of the survivors merged before it)."""
 
 
+def off_diagonal(num_j: int, device=None) -> torch.Tensor:
+    """int64 (J, J - 1): for each joint ``j`` the other joints ``k != j`` in increasing order (the bound's terms;
+    the ``k = j`` term is always 0: ``r_j = 0`` and ``w_j^j = 0``)."""
+    k = torch.arange(num_j, device=device)
+    return k[None].expand(num_j, -1)[k[:, None] != k[None]].view(num_j, num_j - 1)
+
+
 def radial_table(joints: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The bound's pool side, pool rows innermost: (2, J, J, Nv) with ``[0, j, k, n] = ||q_k - q_j||`` of pool
-    pose ``n`` and ``[1, j, k, n] = w_k^j(q)`` (the index's weights, (J, Nv, J), transposed).
+    """The bound's pool side, pool rows innermost: (2, J, J - 1, Nv) with ``[0, j, m, n] = ||q_k - q_j||`` of pool
+    pose ``n`` and ``[1, j, m, n] = w_k^j(q)`` (the index's weights, (J, Nv, J), transposed), ``k`` the m-th joint
+    other than ``j`` (:func:`off_diagonal`).
 
     Pool rows innermost make every operation of the bound a long contiguous loop (with the joint ``k``
     innermost, as in the exact scan, the broadcasts over 14 values cost several times more)."""
-    out = torch.empty((2, *weights.shape[::2], weights.shape[1]), dtype=weights.dtype, device=weights.device)
-    out[0] = torch.cdist(joints, joints).permute(1, 2, 0)
-    out[1] = weights.transpose(1, 2)
+    num_v, num_j = joints.shape[:2]
+    at = off_diagonal(num_j, joints.device)[..., None].expand(-1, -1, num_v)  # (J, J - 1, Nv)
+    out = torch.empty((2, num_j, num_j - 1, num_v), dtype=weights.dtype, device=weights.device)
+    torch.gather(torch.cdist(joints, joints).permute(1, 2, 0), 1, at, out=out[0])
+    torch.gather(weights.transpose(1, 2), 1, at, out=out[1])
     return out
 
 
@@ -72,7 +82,7 @@ class PrunedSearch:
 
     Args:
         index: the :class:`~gpumosaic.retrieval.RetrievalIndex`.
-        radial: its (2, J, J, Nv) bound table (:func:`radial_table`).
+        radial: its (2, J, J - 1, Nv) bound table (:func:`radial_table`).
         pair: int64 (B, J) the ordered bone pair of each query joint; cp (B, J, J, 2) the query's canonical
             coordinates; wp (B, J, J) its weights (``RetrievalIndex._query_side``).
         rp: (B, J, J) the query's radial distances ``||p_k - p_j||``.
@@ -98,11 +108,12 @@ class PrunedSearch:
         # Per row: c(p) x, c(p) y and w(p), (3, B·J, J) (gathered per survivor into contiguous rows).
         self.query_rows = torch.stack((cp[..., 0].reshape(rows, num_j), cp[..., 1].reshape(rows, num_j),
                                        wp.reshape(rows, num_j)))
-        self.rp = rp.transpose(0, 1)[..., None]  # (J, B, J_k, 1): joint j's rows
-        self.wp = wp.transpose(0, 1)[..., None]  # (J, B, J_k, 1)
+        others = off_diagonal(num_j, dev)[None].expand(b, -1, -1)  # the bound's terms k != j
+        self.rp = rp.gather(2, others).transpose(0, 1)[..., None]  # (J, B, J - 1, 1): joint j's rows
+        self.wp = wp.gather(2, others).transpose(0, 1)[..., None]  # (J, B, J - 1, 1)
         self.margin = ABS_MARGIN * scale
-        self.gap = torch.empty((b, num_j, step), dtype=dt, device=dev)
-        self.tmp = torch.empty((b, num_j, step), dtype=dt, device=dev)
+        self.gap = torch.empty((b, num_j - 1, step), dtype=dt, device=dev)
+        self.tmp = torch.empty((b, num_j - 1, step), dtype=dt, device=dev)
         self.bound = torch.empty((b, step), dtype=dt, device=dev)
         self.mask = torch.empty((b, step), dtype=torch.bool, device=dev)
         self.acc = torch.empty((2, EXACT_BATCH + b * step), dtype=torch.long, device=dev)  # survivors: row, pool row
@@ -181,13 +192,14 @@ class PrunedSearch:
         best_d = self.best_d.view(b, num_j)
         count = 0
         for j in range(num_j):  # fixed count: the joints, then N and the budget
-            rp, wp = self.rp[j], self.wp[j]  # (B, J_k, 1) each
+            rp, wp = self.rp[j], self.wp[j]  # (B, J - 1, 1) each
+            r_pool, w_pool = radial[0, j, None], radial[1, j, None]  # (1, J - 1, Nv) each
             for start in range(0, total, self.step):
                 n = min(self.step, total - start)
                 gap, tmp, bound, mask = self.gap[..., :n], self.tmp[..., :n], self.bound[:, :n], self.mask[:, :n]
                 # L = Σ_k (w_k(q) + w_k(p))·|r_k(q) - r_k(p)| for joint j's rows.
-                torch.sub(radial[0, j, None, :, start:start + n], rp, out=gap).abs_()
-                torch.add(radial[1, j, None, :, start:start + n], wp, out=tmp)
+                torch.sub(r_pool[..., start:start + n], rp, out=gap).abs_()
+                torch.add(w_pool[..., start:start + n], wp, out=tmp)
                 torch.sum(tmp.mul_(gap), 1, out=bound)
                 best = best_d[:, j]
                 limit = torch.minimum(best + (best * REL_MARGIN + self.margin), upper[:, j])

@@ -170,9 +170,9 @@ class RetrievalIndex:
         return sum(t.numel() * t.element_size() for t in (self.joints, self.canonical, self.weights))
 
     def radial(self) -> torch.Tensor:
-        """(2, J, J, Nv) radial distances ``||q_k - q_j||`` and weights of the pruned search's bound
-        (:func:`gpumosaic.pruning.radial_table`), built on first use and kept: ``8·Nv·J²`` bytes (250 MB for
-        N = 80,000 mirrored), not counted by :meth:`nbytes`."""
+        """(2, J, J - 1, Nv) radial distances ``||q_k - q_j||`` (k != j) and weights of the pruned search's bound
+        (:func:`gpumosaic.pruning.radial_table`), built on first use and kept: ``8·Nv·J·(J - 1)`` bytes (233 MB
+        for N = 80,000 mirrored), not counted by :meth:`nbytes`."""
         if "radial" not in self.cache:
             self.cache["radial"] = radial_table(self.joints, self.weights)
             self.cache["scale"] = self.joints.abs().amax()
