@@ -194,6 +194,7 @@ def window_weights(
     n: int,
     half_width: torch.Tensor,
     *,
+    valid: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     chunk: int = 4,
 ) -> torch.Tensor:
@@ -212,6 +213,9 @@ def window_weights(
         index: ``(B, H, W)`` int64 index map, values in ``[0, n)``.
         n: number of indices (the J of the warped stack).
         half_width: ``(B, H, W)`` int64 ``r >= 0`` per pixel, e.g. from :func:`window_half_width`.
+        valid: optional ``(B, n, H, W)`` bool: then the weights are ``mask_weights(w, valid)`` (an option
+            beyond Eq. 9, :func:`mask_weights`), computed in the same pass (on the CPU only where a window
+            holds several indices: a one-label window's weights are one-hot, which the mask leaves as is).
         dtype: floating dtype of the weights (float32 by default).
         chunk: batch entries per summed-area table; bounds memory to about
             ``5 · chunk · n · (H + 1) · (W + 1) · 4`` bytes besides the output.
@@ -234,15 +238,21 @@ def window_weights(
     if half_width.dtype != torch.int64:
         raise TypeError(f"Expected half_width as an int64 tensor, got {half_width.dtype}")
     _check_index(index, n, name="index")
+    if valid is not None:
+        check_shape(valid, ["B", "N", "H", "W"], name="valid", dims={"B": dims["B"], "N": n, "H": dims["H"],
+                                                                     "W": dims["W"]})
+        if valid.dtype != torch.bool:
+            raise TypeError(f"Expected valid as a bool tensor, got {valid.dtype}")
     if checks_enabled() and half_width.numel() > 0 and bool((half_width < 0).any()):
         raise ValueError(f"Expected half_width >= 0, got min {int(half_width.min())}")
     if (half_width.shape[1] + 1) * (half_width.shape[2] + 1) * n > 2**31 - 1:
         raise ValueError(f"Expected n * (H + 1) * (W + 1) < 2**31 for int32 tables, got {index.shape}, n={n}")
-    return _window_weights(index, n, half_width, dtype, chunk)
+    return _window_weights(index, n, half_width, dtype, chunk, valid)
 
 
 def _window_weights(
-    index: torch.Tensor, n: int, half_width: torch.Tensor, dtype: torch.dtype, chunk: int
+    index: torch.Tensor, n: int, half_width: torch.Tensor, dtype: torch.dtype, chunk: int,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     bsz, height, width = index.shape
     device = index.device
@@ -283,14 +293,48 @@ def _window_weights(
         def corner(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
             return flat.index_select(0, (yy * stride + xx + first).reshape(-1))  # (m * H * W, n)
 
-        # Inclusion-exclusion on the table: count of each label inside the window.
-        count = corner(y1 + 1, x1 + 1)
-        count -= corner(y0, x1 + 1)
-        count -= corner(y1 + 1, x0)
-        count += corner(y0, x0)
-        share = count.view(m, height, width, n).to(dtype).div_(area[..., None])
-        out[start:stop] = share.permute(0, 3, 1, 2)
+        corners = ((y1 + 1, x1 + 1), (y0, x1 + 1), (y1 + 1, x0), (y0, x0))
+        ok = None if valid is None else valid[start:stop]
+        if device.type == "cpu" and not torch.compiler.is_compiling():
+            _window_shares_where_mixed(out[start:stop], flat, stride, first, corners, index[start:stop], area, ok)
+        else:  # one graph, no host sync: every label of every window
+            # Inclusion-exclusion on the table: count of each label inside the window.
+            count = corner(*corners[0])
+            count -= corner(*corners[1])
+            count -= corner(*corners[2])
+            count += corner(*corners[3])
+            share = count.view(m, height, width, n).to(dtype).div_(area[..., None]).permute(0, 3, 1, 2)
+            out[start:stop] = share if ok is None else mask_weights(share, ok)
     return out
+
+
+def _window_shares_where_mixed(out, flat, stride, first, corners, index, area, valid=None) -> None:
+    """:func:`_window_weights`'s shares written into ``out`` (m, n, H, W), computed label by label only where
+    a window holds more than one label (CPU: a data-dependent count). Elsewhere the pixel's own label fills
+    its window: count = area, share exactly 1, the others exactly 0, as the dense formula gives."""
+    m, n = out.shape[:2]
+    hw = out.shape[2] * out.shape[3]
+    own = index.reshape(-1)
+    rows = [(yy * stride + xx + first).reshape(-1) for yy, xx in corners]  # table row of each corner
+    col = flat.view(-1)
+    own_count = col.index_select(0, rows[0] * n + own)
+    own_count -= col.index_select(0, rows[1] * n + own)
+    own_count -= col.index_select(0, rows[2] * n + own)
+    own_count += col.index_select(0, rows[3] * n + own)
+    area = area.reshape(-1)
+    pure = own_count == area.to(own_count.dtype)
+    shares = out.view(m, n, hw)
+    shares.zero_().scatter_(1, own.view(m, 1, hw), pure.view(m, 1, hw).to(out.dtype))
+    mixed = (~pure).nonzero()[:, 0]
+    count = flat.index_select(0, rows[0].index_select(0, mixed))
+    count -= flat.index_select(0, rows[1].index_select(0, mixed))
+    count -= flat.index_select(0, rows[2].index_select(0, mixed))
+    count += flat.index_select(0, rows[3].index_select(0, mixed))
+    mixed_share = count.to(out.dtype).div_(area.index_select(0, mixed)[:, None])
+    if valid is not None:  # mask_weights on the mixed windows (a one-label window is left one-hot by it)
+        ok = valid.permute(0, 2, 3, 1).reshape(-1, n).index_select(0, mixed)
+        mixed_share = _masked_shares(mixed_share, ok, dim=1)
+    shares.permute(0, 2, 1).index_put_((torch.div(mixed, hw, rounding_mode="floor"), mixed % hw), mixed_share)
 
 
 def window_weights_reference(
@@ -379,8 +423,13 @@ def mask_weights(weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     check_shape(valid, ["B", "J", "H", "W"], name="valid", dims=dims)
     if valid.dtype != torch.bool:
         raise TypeError(f"Expected valid as a bool tensor, got {valid.dtype}")
+    return _masked_shares(weights, valid, dim=1)
+
+
+def _masked_shares(weights: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`mask_weights`' formula with the labels along ``dim``."""
     kept = weights * valid.to(weights.dtype)
-    total = kept.sum(dim=1, keepdim=True)
+    total = kept.sum(dim=dim, keepdim=True)
     return torch.where(total > 0, kept / total.clamp_min(torch.finfo(weights.dtype).tiny), weights)
 
 

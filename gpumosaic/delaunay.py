@@ -19,7 +19,15 @@ import torch
 
 from ._check import check_finite, check_shape
 
-__all__ = ["Triangulation", "delaunay", "delaunay_core", "triangulation_regions", "check_points"]
+__all__ = [
+    "Triangulation",
+    "TriangulationCache",
+    "candidate_triples",
+    "delaunay",
+    "delaunay_core",
+    "triangulation_regions",
+    "check_points",
+]
 
 # Relative tolerance of the geometric predicates, in units of float64's machine epsilon (they are evaluated in
 # float64 whatever the input dtype): how close to degenerate (collinear, cocircular) a configuration must be,
@@ -55,6 +63,49 @@ class Triangulation:
         return Triangulation(self.triangles.to(device), self.valid.to(device))
 
 
+class TriangulationCache:
+    """Delaunay triangulations of a fixed set of point sets, each computed once, on first use.
+
+    The Delaunay triangulation (as triples of point indices) does not change under a similarity map of the
+    points (rotation, reflection, uniform scale, translation: circles stay circles). The engine's aligned
+    joints ``q'`` of a match (Eq. 2) are its pool pose's box joints under a rotation and translation, so the
+    triangulation of Eq. 5 can be the pool pose's own, computed once per pool entry instead of once per match.
+    In floating point a nearly cocircular or nearly collinear set can be decided differently in the two
+    frames (both then being Delaunay triangulations up to rounding); measured on the demo queries: 0 of
+    2,240 maps differ.
+
+    Storage: the valid triples' indices, int16, ``2P - 5`` per set (46 bytes for P = 14: 7.4 MB for 160,000
+    pool entries), the way :func:`triangulation_regions` reads them (valid triples in index order, at most
+    ``2P - 5``). Filling uses ``nonzero``/``unique`` (data-dependent sizes): a CPU-only helper.
+
+    Args:
+        points: (M, P, 2) float point sets (e.g. the retrieval index's box poses).
+    """
+
+    def __init__(self, points: torch.Tensor) -> None:
+        check_points(points)
+        self.points = points
+        p_ = points.shape[1]
+        self.triangles = _triples(p_, points.device)
+        self.slots = max(2 * p_ - 5, 0)
+        self._ids = torch.full((points.shape[0], self.slots), len(self.triangles), dtype=torch.int16,
+                               device=points.device)
+        self._done = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+
+    def valid(self, rows: torch.Tensor) -> torch.Tensor:
+        """``delaunay(points[rows]).valid`` (up to the caveat above), (len(rows), T) bool, T = C(P, 3)."""
+        new = torch.unique(rows[~self._done[rows]])
+        t_ = len(self.triangles)
+        if len(new) > 0:
+            valid = delaunay_core(self.points[new]).valid
+            ids = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, : self.slots]
+            ids = torch.where(torch.gather(valid, 1, ids), ids, t_)
+            self._ids[new] = ids.to(torch.int16)
+            self._done[new] = True
+        out = torch.zeros(len(rows), t_ + 1, dtype=torch.bool, device=rows.device)
+        return out.scatter_(1, self._ids[rows].long(), True)[:, :t_]
+
+
 def check_points(points: torch.Tensor, name: str = "points") -> dict:
     """Validate a public call's point sets (B, P, 2): float, 1 <= P <= 17, finite; returns the bound sizes."""
     dims = check_shape(points, ["B", "P", "2"], name=name)
@@ -83,6 +134,12 @@ def _triples(p: int, device: torch.device) -> torch.Tensor:
     return _triples_cpu(p).to(device)
 
 
+def candidate_triples(p: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, 3) int64 every triple ``i < j < k`` of ``p`` point indices in lexicographic order, T = C(p, 3):
+    the ``triangles`` of every :class:`Triangulation` of ``p`` points."""
+    return _triples(p, torch.device(device))
+
+
 def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """z component of the 2D cross product u x v over the last dimension."""
     return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
@@ -92,6 +149,22 @@ def _tolerance_scale(q: torch.Tensor) -> torch.Tensor:
     """Squared extent of each point set (B,), the unit of the orientation tolerance (at least 1e-300)."""
     ext = (q.amax(dim=1) - q.amin(dim=1)).amax(dim=-1)
     return ext.square().clamp_min(1e-300)
+
+
+def _sos_inside(dp, bp, cp, k0, sgn, ia, ib, ic, idx_d, tol, big: int) -> torch.Tensor:
+    """Simulation of simplicity for tied in-circle tests (see :func:`_delaunay_valid`): the sub-orientations
+    g_a, g_b, g_c and the lowest-index non-zero one decides (d inside iff it is negative). Broadcasting
+    arguments: dp, bp, cp (..., 2); k0, sgn (...) with k0 already oriented; ia, ib, ic, idx_d (...) int64
+    point indices; tol (...) the orientation tolerance."""
+    gb = _cross(dp, cp) * sgn  # orient(a, d, c) = orient(d, c, a)
+    gc = _cross(bp, dp) * sgn  # orient(a, b, d) = orient(d, a, b)
+    ga = k0 - gb - gc  # orient(d, b, c) = orient(a, b, c) - orient(a, d, c) - orient(a, b, d)
+    ka = torch.where(ga.abs() > tol, ia, big)
+    kb = torch.where(gb.abs() > tol, ib, big)
+    kc = torch.where(gc.abs() > tol, ic, big)
+    first = torch.minimum(torch.minimum(ka, kb), torch.minimum(kc, idx_d))
+    g_first = torch.where(first == ka, ga, torch.where(first == kb, gb, torch.where(first == kc, gc, -1.0)))
+    return g_first < 0
 
 
 def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -126,7 +199,6 @@ def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     ar = torch.arange(p_, device=q.device)
     ia, ib, ic = (tri[:, k, None] for k in range(3))  # (T, 1)
     member = (ia == ar) | (ib == ar) | (ic == ar)  # (T, P): a vertex is not tested against its own triangle
-    big = torch.full((t_, p_), p_ + 1, dtype=torch.long, device=q.device)
     chunk = max(1, (1 << 16) // (t_ * p_))  # keeps the (b, T, P) temporaries cache-sized
     out = []
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
@@ -150,17 +222,27 @@ def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
         det = dy * k2[..., None] - dx * k1[..., None] - ld * k0[..., None]
         perm = ld * p0[..., None] + dx.abs() * p1[..., None] + dy.abs() * p2[..., None]
         tie = det.abs() <= (_TOL_ULPS * eps) * perm
-        # Simulation of simplicity on ties: sub-orientations, then the lowest-index non-zero one decides.
-        gb = _cross(dp, cp[:, :, None, :]) * sgn[..., None]  # orient(a, d, c) = orient(d, c, a)
-        gc = _cross(bp[:, :, None, :], dp) * sgn[..., None]  # orient(a, b, d) = orient(d, a, b)
-        ga = k0[..., None] - gb - gc  # orient(d, b, c) = orient(a, b, c) - orient(a, d, c) - orient(a, b, d)
+        inside = det > 0
         tol = tol_o[..., None]
-        ka = torch.where(ga.abs() > tol, ia, big)
-        kb = torch.where(gb.abs() > tol, ib, big)
-        kc = torch.where(gc.abs() > tol, ic, big)
-        first = torch.minimum(torch.minimum(ka, kb), torch.minimum(kc, ar.expand(t_, p_)))
-        g_first = torch.where(first == ka, ga, torch.where(first == kb, gb, torch.where(first == kc, gc, -1.0)))
-        inside = torch.where(tie, g_first < 0, det > 0) & ~member
+        if q.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Ties are rare: decide only those (a data-dependent count, free on the CPU), with the same
+            # arithmetic per pair as the dense form below, so the decisions are identical.
+            tie &= ~member  # a triangle's own vertices (det = 0) are excluded below anyway
+            pair = tie.view(-1).nonzero()[:, 0]  # flat (b, T, P) index of each tie
+            bt, pi = torch.div(pair, p_, rounding_mode="floor"), pair % p_
+            ti, bi = bt % t_, torch.div(bt, t_, rounding_mode="floor")
+
+            sos = _sos_inside(
+                dp.reshape(-1, 2).index_select(0, pair), bp.reshape(-1, 2).index_select(0, bt),
+                cp.reshape(-1, 2).index_select(0, bt), k0.reshape(-1).index_select(0, bt),
+                sgn.reshape(-1).index_select(0, bt), ia.view(-1).index_select(0, ti), ib.view(-1).index_select(0, ti),
+                ic.view(-1).index_select(0, ti), pi, tol.view(-1).index_select(0, bi), p_ + 1)
+            inside.masked_scatter_(tie, sos)  # in the order of the mask's True entries, as nonzero lists them
+        else:  # one graph, no host sync: decide every pair and keep the tied ones
+            sos = _sos_inside(dp, bp[:, :, None], cp[:, :, None], k0[..., None], sgn[..., None], ia, ib, ic,
+                              ar.expand(t_, p_), tol, p_ + 1)
+            inside = torch.where(tie, sos, inside)
+        inside &= ~member
         out.append(valid & ~inside.any(-1))
     return torch.cat(out, 0)
 

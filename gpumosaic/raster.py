@@ -20,12 +20,13 @@ pixel ``(v, u)`` has its centre at ``(x, y) = (u, v)``; the origin is the centre
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from ._check import check_finite, check_shape
-from .delaunay import Triangulation, check_points, delaunay, delaunay_core, triangulation_regions
+from .delaunay import Triangulation, candidate_triples, check_points, delaunay, delaunay_core, triangulation_regions
 from .skeleton import Skeleton, get_skeleton
 
 __all__ = ["Triangulation", "delaunay", "interpolate_triangulated", "skeleton_distance"]
@@ -128,27 +129,40 @@ def _scan_regions(cons, ok, aff, y, width):
     nxt = torch.cummin(nxt.flip(-1), dim=-1).values.flip(-1)
     length = torch.where(lead, nxt - start, torch.zeros_like(start)).to(torch.long)
     offset = torch.addcmul(aff[:, None, :, 2], aff[:, None, :, 1], y[None, :, None])  # B y + C, (b, H, R)
-    # (B y + C, A) of each run, side by side so that one gather per pixel reads both.
-    pair = torch.stack((offset, aff[..., 0].unsqueeze(1).expand(b_, h_, r_)), -1)  # (b, H, R, 2)
-    pair = torch.gather(pair, 2, order.unsqueeze(-1).expand(b_, h_, r_, 2)).view(-1, 2)
+    # (B y + C, A) of each run as one complex128 (real, imaginary) = (B y + C, A): one 16-byte element per
+    # pixel gather reads both, about 2.5x faster on the CPU than gathering rows of two float64.
+    pair = torch.complex(offset, aff[..., 0].unsqueeze(1).expand(b_, h_, r_))  # (b, H, R)
+    pair = torch.gather(pair, 2, order).view(-1)
     run = torch.repeat_interleave(length.flatten(), output_size=b_ * h_ * width)  # run index of each pixel
     x = torch.arange(width, dtype=y.dtype, device=y.device)
-    pixel = pair.index_select(0, run).view(b_, h_, width, 2)
+    pixel = torch.view_as_real(pair.index_select(0, run)).view(b_, h_, width, 2)
     value = torch.addcmul(pixel[..., 0], pixel[..., 1], x)
     return value  # float64; the caller casts while copying into its output, then clamps
 
 
-def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, int],
+                 triangles: torch.Tensor | None = None) -> torch.Tensor:
     b_, p_, _ = points.shape
     h_, w_ = size
     dev, dt = values.device, values.dtype
-    tri = delaunay_core(points)
+    tri = delaunay_core(points) if triangles is None else Triangulation(candidate_triples(p_, dev), triangles)
     (il, ie, iok, iaff), (el, ee, eok, eaff) = triangulation_regions(points, values, tri.valid, tri.triangles)
     # One list of regions: triangles then outside regions; together they tile the plane.
     with torch.no_grad():
         cons = _prepare_constraints(torch.cat((il, el), 1), torch.cat((ie, ee), 1))
     ok = torch.cat((iok, eok), 1)
     aff = torch.cat((iaff, eaff), 1)  # (B, R, 3) float64 affine maps, differentiable
+    if dev.type == "cpu" and not torch.compiler.is_compiling() and ok.numel() > 0:
+        # About a third of the R region slots are unused (padding for the largest possible triangulation and
+        # hull); each pixel row pays for every slot, so keep the used ones, in their order, up to the most
+        # any point set uses (a data-dependent size, free on the CPU). Unused regions never start a run, and
+        # the row sort is stable, so the result is the same.
+        used = int(ok.sum(1).max())
+        order = torch.sort((~ok).to(torch.uint8), dim=1, stable=True).indices[:, :used]  # (B, R')
+        pick = lambda t: torch.gather(t, 1, order.view(*order.shape, *([1] * (t.dim() - 2))).expand(  # noqa: E731
+            *order.shape, *t.shape[2:]))
+        cons = tuple(tuple(pick(t) for t in group) for group in cons)
+        ok, aff = pick(ok), pick(aff)
     y64 = torch.arange(h_, dtype=torch.float64, device=dev)
     v64 = values.detach().to(torch.float64)
     vmin, vmax = v64.amin(1)[:, None, None], v64.amax(1)[:, None, None]
@@ -168,7 +182,8 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
     return out.clamp_(vmin.to(dt), vmax.to(dt))
 
 
-def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: Sequence[int],
+                             triangles: torch.Tensor | None = None) -> torch.Tensor:
     """Piecewise-linear interpolation of per-point values over their Delaunay triangulation (Eq. 5, step 6).
 
     Inside the convex hull of ``points[b]`` a pixel gets the barycentric interpolation of ``values[b]`` in the
@@ -197,6 +212,9 @@ def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: S
         points: (B, P, 2) floating tensor of point positions in pixels, 1 <= P <= 17, finite.
         values: (B, P) floating tensor of values at the points, finite.
         size: output size (H, W).
+        triangles: optional (B, T) bool, ``delaunay(points).valid`` computed beforehand (e.g. once per pool pose
+            by :class:`~gpumosaic.delaunay.TriangulationCache`: the triangulation of a similar point set);
+            ``None`` triangulates ``points`` here.
 
     Returns:
         (B, H, W) tensor of ``values.dtype`` on ``values.device``: ``out[b, v, u]`` is the interpolated value
@@ -220,9 +238,13 @@ def interpolate_triangulated(points: torch.Tensor, values: torch.Tensor, size: S
         raise ValueError(f"Expected points and values on one device, got {points.device} and {values.device}")
     check_finite(values, "values")
     h_, w_ = _check_size(size)
+    if triangles is not None:
+        check_shape(triangles, ["B", "T"], name="triangles", dims={"B": dims["B"], "T": math.comb(dims["P"], 3)})
+        if triangles.dtype != torch.bool:
+            raise TypeError(f"Expected triangles as a bool tensor, got {triangles.dtype}")
     if points.shape[0] == 0:
         return values.new_zeros(0, h_, w_)
-    return _interpolate(points, values, (h_, w_))
+    return _interpolate(points, values, (h_, w_), triangles)
 
 
 def _nearest_on_segments(px, py, a, b, va, vb):

@@ -80,6 +80,11 @@ class MosaicSettings:
             In px of Eq. 3; 0 (default) is the paper's per-joint argmin (Eq. 4). Needs every D_j: (B, J, Nv)
             distances per batch.
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
+        pixel_chunk: mosaics per pass of the hard engine's per-pixel stages (probability maps to blending;
+            not a semantic setting): retrieval runs on the whole batch, the per-pixel stages on sub-batches
+            of this many, so that their temporaries stay the same size whatever the batch (on the CPU, blocks
+            above glibc's 32 MiB mmap threshold are returned to the system and page-faulted in again on
+            every batch: B = 32 in one pass cost 1.36x B = 8 per mosaic, docs/performance.md). Default 8.
         retrieval_budget: bytes of the exact retrieval's work buffers per pool chunk (not a semantic setting);
             ``None`` (default): 4 MiB on the CPU (a chunk stays in cache), 1 GiB on CUDA (few kernel launches)
             (:func:`resolved_retrieval_budget`).
@@ -124,6 +129,7 @@ class MosaicSettings:
     mask_outside: bool = True
     compat_weight: float = 0.0
     warp_chunk: int = 256
+    pixel_chunk: int = 8
     retrieval_budget: int | None = None
     retrieval: str = "auto"
     soft: bool = False
@@ -159,7 +165,8 @@ class MosaicSettings:
         if self.compile in (True, "engine") and self.warps == "sparse":
             raise ValueError("Expected warps 'auto' or 'dense' with compile=True, got 'sparse' (its nonzero has a "
                              "data-dependent size: a compiled graph uses dense warps)")
-        for value, name in ((self.warp_chunk, "warp_chunk"), (self.retrieval_budget, "retrieval_budget")):
+        for value, name in ((self.warp_chunk, "warp_chunk"), (self.pixel_chunk, "pixel_chunk"),
+                            (self.retrieval_budget, "retrieval_budget")):
             if name == "retrieval_budget" and value is None:
                 continue
             if isinstance(value, bool) or int(value) != value or value <= 0:

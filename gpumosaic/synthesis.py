@@ -32,7 +32,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ._check import check_finite, check_shape, checks_enabled
-from .blend import blend, index_map, mask_weights, mosaic_from_index, window_half_width, window_weights
+from .blend import blend, index_map, mosaic_from_index, window_half_width, window_weights
+from .delaunay import TriangulationCache
 from .geometry import compose_affine, fit_to_box, mirror_affine, rigid_alignment
 from .raster import interpolate_triangulated, skeleton_distance
 from .pairwise import tree_potts_matches
@@ -49,6 +50,7 @@ __all__ = [
     "prepare_pool",
     "validate_query",
     "match_and_map",
+    "probability_maps",
     "mosaic_result",
     "warp_matched",
     "synthesise_hard",
@@ -125,11 +127,14 @@ class PreparedPool:
         index: the retrieval index of the Nv virtual entries' box poses (rows ``N..2N-1`` mirrored).
         box_from_stored: float (Nv, 2, 3), each virtual entry's map from its stored image's pixels to the
             S×S box (the mirror folded in for mirrored entries).
+        triangulations: the Delaunay triangulation of each virtual entry's box pose, computed on first use
+            (CPU; Eq. 5's triangulation of the aligned joints is the same: :class:`TriangulationCache`).
     """
 
     pool: Pool2D
     index: RetrievalIndex
     box_from_stored: torch.Tensor
+    triangulations: TriangulationCache
 
     @property
     def skeleton(self) -> Skeleton:
@@ -161,7 +166,7 @@ def prepare_pool(pool: Pool2D, skeleton: Skeleton, settings: MosaicSettings) -> 
         box_from_stored_m = compose_affine(box_from_flipped, mirror_affine(width, joints))
         box = torch.cat([box, box_m], 0)
         box_from_stored = torch.cat([box_from_stored, box_from_stored_m], 0)
-    return PreparedPool(pool, RetrievalIndex.build(box, skeleton), box_from_stored)
+    return PreparedPool(pool, RetrievalIndex.build(box, skeleton), box_from_stored, TriangulationCache(box))
 
 
 def validate_query(
@@ -220,7 +225,8 @@ class Matched:
             ``searched``).
         aligned: float (B, J, J, 2) ``q'``, each match's joints after the rigid map ``T`` (Eq. 2).
         query_from_stored: float (B, J, 2, 3) warp affines from stored-image pixels to the box.
-        probability: float (B, J, S, S) probability maps (Eq. 5), zeros where not searched.
+        probability: float (B, J, S, S) probability maps (Eq. 5), zeros where not searched (``None`` when
+            :func:`match_and_map` was asked for steps 1–3 only).
     """
 
     pose2d: torch.Tensor
@@ -237,6 +243,7 @@ def match_and_map(
     settings: MosaicSettings,
     prepared: PreparedPool,
     matches: torch.Tensor | None = None,
+    maps: bool = True,
 ) -> Matched:
     """Steps 1–4, shared by hard and soft mode: box, retrieval, rigid alignment, probability maps.
 
@@ -251,6 +258,7 @@ def match_and_map(
         prepared: the pool (:func:`prepare_pool`).
         matches: int64 (B, J) virtual pool entries to use instead of retrieval (e.g. to hold matches
             fixed while fitting a pose), or ``None`` to retrieve (Eq. 4).
+        maps: ``False``: skip step 4 (``probability`` is ``None``).
 
     Returns:
         :class:`Matched`.
@@ -281,13 +289,49 @@ def match_and_map(
     query_from_box, aligned = rigid_alignment(p, q, nb)  # (B, J, 2, 3), (B, J, J, 2)
     query_from_stored = compose_affine(query_from_box, prepared.box_from_stored[m].to(dt))
 
-    # 4. Probability maps (Eq. 5): vertex values exp(-||p_k - q'_k||^2 / sigma^2), barycentric inside
-    # the Delaunay triangulation of q', nearest-hull-point value outside.
-    values = torch.exp(-(p[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
-    prob = interpolate_triangulated(
-        aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j), (s.size, s.size)
-    ).view(b, num_j, s.size, s.size) * searched[..., None, None].to(dt)
+    prob = probability_maps(p, aligned, searched, s) if maps else None
     return Matched(p, matches, m % len(prepared.pool), aligned, query_from_stored, prob)
+
+
+def probability_maps(
+    pose2d: torch.Tensor, aligned: torch.Tensor, searched: torch.Tensor, settings: MosaicSettings,
+    triangles: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Step 4 (Eq. 5): per-match probability maps.
+
+    Vertex values ``exp(-||p_k - q'_k||² / σ²)``, barycentric inside the Delaunay triangulation of ``q'``,
+    the nearest hull point's value outside.
+
+    Args:
+        pose2d: float (B, J, 2) queries ``p`` in the S×S box.
+        aligned: float (B, J, J, 2) each match's aligned joints ``q'``.
+        searched: bool (B, J).
+        settings: ``size`` and ``sigma`` are used.
+        triangles: optional (B, J, T) bool Delaunay triangulation of each match's aligned joints (e.g. its pool
+            pose's, :attr:`PreparedPool.triangulations`); ``None`` triangulates ``aligned`` here.
+
+    Returns:
+        float (B, J, S, S), zeros where not searched.
+    """
+    s = settings
+    b, num_j = pose2d.shape[:2]
+    values = torch.exp(-(pose2d[:, None] - aligned).square().sum(-1) / s.sigma**2)  # (B, J, J)
+    points, values = aligned.reshape(b * num_j, num_j, 2), values.reshape(b * num_j, num_j)
+    tri = None if triangles is None else triangles.reshape(b * num_j, -1)
+    size = (s.size, s.size)
+    differentiable = torch.is_grad_enabled() and (points.requires_grad or values.requires_grad)
+    if pose2d.device.type == "cpu" and not torch.compiler.is_compiling() and not differentiable:
+        # Unsearched (self-occluded) joints' maps are zeros: not rasterised (a data-dependent count, free on
+        # the CPU); the same values as the dense form below.
+        rows = searched.reshape(-1).nonzero()[:, 0]
+        if len(rows) == b * num_j:
+            return interpolate_triangulated(points, values, size, tri).view(b, num_j, *size)
+        out = values.new_zeros(b * num_j, *size)
+        out.index_copy_(0, rows, interpolate_triangulated(points[rows], values[rows], size,
+                                                          None if tri is None else tri[rows]))
+        return out.view(b, num_j, *size)
+    return interpolate_triangulated(points, values, size, tri).view(b, num_j, *size) * searched[
+        ..., None, None].to(pose2d.dtype)
 
 
 def mosaic_result(prepared: PreparedPool, matched: Matched, searched: torch.Tensor, **images) -> MosaicResult:
@@ -362,11 +406,32 @@ def synthesise_hard(
         :class:`MosaicResult`.
     """
     s = settings
-    device = prepared.device
     searched = searched | ~searched.any(dim=1, keepdim=True)  # all-occluded rows: search everything
-    num_j = query.shape[1]
-    mt = match_and_map(query, searched, s, prepared)
-    p, source, query_from_stored, prob = mt.pose2d, mt.source_rows, mt.query_from_stored, mt.probability
+    mt = match_and_map(query, searched, s, prepared, maps=False)  # steps 1-3 on the whole batch
+    # Steps 4-8 on sub-batches of pixel_chunk mosaics (a count fixed by the shapes): their temporaries keep
+    # one size whatever the batch (docs/performance.md, "batch size").
+    b = query.shape[0]
+    parts = [_pixel_stages(mt, searched, s, prepared, slice(i, min(i + s.pixel_chunk, b)))
+             for i in range(0, max(b, 1), s.pixel_chunk)]  # b = 0: one empty pass
+    out = parts[0] if len(parts) == 1 else {k: _map(parts[0][k], lambda _, k=k: torch.cat([p[k] for p in parts]))
+                                            for k in parts[0]}
+    mt = replace(mt, probability=out.pop("probability"))
+    return mosaic_result(prepared, mt, searched, **out)
+
+
+def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepared: PreparedPool,
+                  rows: slice) -> dict:
+    """Steps 4–8 of :func:`synthesise_hard` for the batch rows ``rows``: a dict of the result's per-pixel
+    fields (``probability``, ``images``, ``mosaic_unblended``, ``index_map``, ``warped``, ``weights``,
+    ``distance``; ``None`` where not computed)."""
+    device = prepared.device
+    searched = searched[rows]
+    p, source, query_from_stored = mt.pose2d[rows], mt.source_rows[rows], mt.query_from_stored[rows]
+    num_j = p.shape[1]
+    tri = None  # the pool poses' own triangulations, filled on first use (CPU: a data-dependent count)
+    if device.type == "cpu" and not torch.compiler.is_compiling():
+        tri = prepared.triangulations.valid(mt.matches[rows].clamp_min(0).reshape(-1)).view(*searched.shape, -1)
+    prob = probability_maps(p, mt.aligned[rows], searched, s, tri)
     images_pool = prepared.pool.images
 
     # Warps: one resampling from the stored image (mirror folded into the affine); dense now, or sparse
@@ -387,9 +452,7 @@ def synthesise_hard(
     if s.blend:
         distance = skeleton_distance(p, prepared.skeleton, (s.size, s.size))
         half = window_half_width(distance, s.alpha, s.beta)
-        weights = window_weights(index, num_j, half)
-        if valid is not None:
-            weights = mask_weights(weights, valid)
+        weights = window_weights(index, num_j, half, valid=valid)  # mask_weights(w, valid) with a mask
         if sparse:  # every window holds its own pixel: the copy-paste samples are among the blend's
             images, unblended = warp_blend_sparse(
                 images_pool, source, query_from_stored, weights, s.padding_mode, index_map=index
@@ -401,6 +464,5 @@ def synthesise_hard(
             one_hot = torch.nn.functional.one_hot(index, num_j).permute(0, 3, 1, 2).to(prob.dtype)
             unblended = warp_blend_sparse(images_pool, source, query_from_stored, one_hot, s.padding_mode)
         images = unblended
-
-    return mosaic_result(prepared, mt, searched, images=images, mosaic_unblended=unblended, index_map=index,
-                         warped=warped, weights=weights, distance=distance)
+    return dict(probability=prob, images=images, mosaic_unblended=unblended, index_map=index, warped=warped,
+                weights=weights, distance=distance)

@@ -450,12 +450,16 @@ def _bilinear_taps(
         x0f.clamp_(max=src_w - 2)
         y0f.clamp_(max=src_h - 2)
         fx, fy = x - x0f, y - y0f
-        first = (base + y0f.long() * s_h + x0f.long() * s_w)[:, None] + chan  # (K, C) top-left taps
+        # Top-left taps (K, C); the other three taps read the same indices from the storage shifted by a
+        # constant (a free view), so no index tensor is built per tap. int32 indices where they fit (a
+        # shape-only choice): half the index traffic.
+        index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+        first = (base + y0f.long() * s_h + x0f.long() * s_w)[:, None] + chan
+        first = first.to(index_dtype)
         gx, gy = 1 - fx, 1 - fy
         out = None
         for offset, w in ((0, gx * gy), (s_w, fx * gy), (s_h, gx * fy), (s_h + s_w, fx * fy)):
-            tap = first if offset == 0 else first + offset
-            term = flat.index_select(0, tap.view(-1)).view(tap.shape).to(w.dtype).mul_(w[:, None])
+            term = flat[offset:].index_select(0, first.view(-1)).view(first.shape).to(w.dtype).mul_(w[:, None])
             out = term if out is None else out.add_(term)
         return out
     fx, fy = x - x0f, y - y0f
@@ -510,29 +514,48 @@ def warp_blend_sparse(
         as :func:`warp_images`: pixels ``(x, y)`` = (column, row), centres at integers, ``dst = A @ src + t``.
     """
     bsz, num_j, height, width = weights.shape
-    channels = pool_images.shape[1]
+    hw = height * width
     if pool_images.is_floating_point():  # as dense warps + blend: the promoted dtype of images and weights
         weights = weights.to(torch.promote_types(weights.dtype, pool_images.dtype))
-    b, j, v, u = (weights != 0).nonzero().unbind(1)
-    bj = b * num_j + j  # (K,) row of each sample's (b, j) in the flattened (B * J) matches
-    pixel_in = v * width + u
-    src_from_dst = invert_affine(dst_from_src.to(weights.dtype)).reshape(bsz * num_j, 6).index_select(0, bj)
-    uf, vf = u.to(weights.dtype), v.to(weights.dtype)
-    x = src_from_dst[:, 0] * uf + src_from_dst[:, 1] * vf + src_from_dst[:, 2]
-    y = src_from_dst[:, 3] * uf + src_from_dst[:, 4] * vf + src_from_dst[:, 5]
-    samples = _bilinear_taps(pool_images, index.reshape(-1).index_select(0, bj), x, y, padding_mode)  # (K, C)
-    if not pool_images.is_floating_point():
-        samples = samples / 255.0
-    pixel = b * (height * width) + pixel_in
-    weight = weights.reshape(-1).index_select(0, bj * (height * width) + pixel_in)
+    src_from_dst = invert_affine(dst_from_src.to(weights.dtype)).reshape(bsz * num_j, 6)
+    rows = index.reshape(-1)
 
-    def scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(bsz * height * width, channels, dtype=weights.dtype, device=weights.device)
-        out = out.index_add(0, rows, values)
-        return out.view(bsz, height, width, channels).permute(0, 3, 1, 2)
+    def sample(bj: torch.Tensor, pixel_in: torch.Tensor) -> torch.Tensor:
+        """(K, C) samples of match bj (row of the flattened (B * J) matches) at destination pixel pixel_in."""
+        aff = src_from_dst.index_select(0, bj)
+        uf, vf = (pixel_in % width).to(weights.dtype), torch.div(pixel_in, width, rounding_mode="floor").to(weights.dtype)
+        x = aff[:, 0] * uf + aff[:, 1] * vf + aff[:, 2]
+        y = aff[:, 3] * uf + aff[:, 4] * vf + aff[:, 5]
+        out = _bilinear_taps(pool_images, rows.index_select(0, bj), x, y, padding_mode)
+        return out if pool_images.is_floating_point() else out / 255.0
 
-    blended = scatter(samples * weight[:, None], pixel)
     if index_map is None:
-        return blended
-    chosen = (j == index_map.reshape(-1).index_select(0, pixel)).nonzero()[:, 0]  # one sample per pixel
-    return blended, scatter(samples.index_select(0, chosen), pixel.index_select(0, chosen))
+        b, j, v, u = (weights != 0).nonzero().unbind(1)
+        bj = b * num_j + j
+        pixel_in = v * width + u
+        samples = sample(bj, pixel_in)
+        weight = weights.reshape(-1).index_select(0, bj * hw + pixel_in)
+        out = torch.zeros(bsz * hw, samples.shape[1], dtype=weights.dtype, device=weights.device)
+        out.index_add_(0, b * hw + pixel_in, samples * weight[:, None])
+        return out.view(bsz, height, width, -1).permute(0, 3, 1, 2)
+
+    # Every pixel's own match (the index map's) has a non-zero weight: sample it at every pixel (this is
+    # the copy-paste mosaic, Eq. 6, in pixel order: no search, no scatter); then add the other matches only
+    # where they have a non-zero weight (pixels near a seam).
+    own_j = index_map.reshape(bsz, 1, hw)
+    batch = torch.arange(bsz, device=weights.device)
+    own = sample((batch[:, None] * num_j + own_j[:, 0]).reshape(-1),
+                 torch.arange(hw, device=weights.device).repeat(bsz))  # (B * HW, C)
+    flat_w = weights.reshape(bsz, num_j, hw)
+    w_own = flat_w.gather(1, own_j).reshape(-1)  # (B * HW,)
+    others = weights != 0
+    others.view(bsz, num_j, hw).scatter_(1, own_j, False)
+    b, j, v, u = others.nonzero().unbind(1)
+    pixel_in = v * width + u
+    bj = b * num_j + j
+    samples = sample(bj, pixel_in)
+    weight = flat_w.reshape(-1).index_select(0, bj * hw + pixel_in)
+    blended = own * w_own[:, None]
+    blended.index_add_(0, b * hw + pixel_in, samples * weight[:, None])
+    as_image = lambda t: t.view(bsz, height, width, -1).permute(0, 3, 1, 2)  # noqa: E731
+    return as_image(blended), as_image(own)

@@ -9,6 +9,7 @@ from gpumosaic.blend import (
     blend,
     blend_reference,
     index_map,
+    mask_weights,
     index_map_reference,
     mosaic_from_index,
     mosaic_from_index_reference,
@@ -61,6 +62,51 @@ def test_window_weights_direct_count(device, chunk):
             for u in range(w):
                 np.testing.assert_allclose(out[b, :, v, u], direct_window_count(idx, n, hw, b, v, u),
                                            rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_weights_mixed_only_path_equals_one_graph_path(monkeypatch, dtype):
+    # On the CPU only windows holding several labels are counted label by label (the others are one-hot);
+    # under torch.compile (and on CUDA) every label of every window is counted. Bit-identical both ways.
+    import gpumosaic.blend as bl
+
+    g = torch.Generator().manual_seed(4)
+    coarse = torch.randint(0, 9, (5, 6, 6), generator=g)
+    index = coarse.repeat_interleave(7, 1).repeat_interleave(7, 2)[:, :40, :37].contiguous()
+    half = torch.randint(0, 9, (5, 40, 37), generator=g)
+    half[0] = 0  # every window one pixel: all pure
+    half[1] = 50  # every window the whole image: all mixed
+    mixed_only = window_weights(index, 9, half, dtype=dtype, chunk=2)
+    with monkeypatch.context() as m:
+        m.setattr(bl.torch.compiler, "is_compiling", lambda: True)
+        dense = window_weights(index, 9, half, dtype=dtype, chunk=2)
+    assert torch.equal(mixed_only, dense)
+    assert 0 < float((mixed_only == 1).float().mean()) < 1  # both kinds of pixel occur
+
+
+@pytest.mark.parametrize("mixed_only", [True, False])
+def test_window_weights_with_valid_equals_mask_weights(monkeypatch, mixed_only):
+    # window_weights(valid=) is mask_weights(window_weights(), valid) in one pass, on the CPU's mixed-window
+    # path and on the one-graph path (up to the order of the sum over labels: 1 ulp).
+    import gpumosaic.blend as bl
+
+    g = torch.Generator().manual_seed(8)
+    coarse = torch.randint(0, 6, (4, 5, 5), generator=g)
+    index = coarse.repeat_interleave(6, 1).repeat_interleave(6, 2)[:, :27, :29].contiguous()
+    half = torch.randint(0, 7, (4, 27, 29), generator=g)
+    valid = torch.rand(4, 6, 27, 29, generator=g) < 0.7
+    valid[:, :, :3] = False  # rows where no match is valid: weights left as they are
+    with monkeypatch.context() as m:
+        if not mixed_only:
+            m.setattr(bl.torch.compiler, "is_compiling", lambda: True)
+        got = window_weights(index, 6, half, valid=valid, chunk=3)
+    expected = mask_weights(window_weights(index, 6, half), valid)
+    torch.testing.assert_close(got, expected, atol=2e-7, rtol=0)
+    torch.testing.assert_close(got.sum(1), torch.ones(4, 27, 29), atol=1e-6, rtol=0)
+    with pytest.raises(ShapeError):
+        window_weights(index, 6, half, valid=valid[:, :5])
+    with pytest.raises(TypeError, match="valid"):
+        window_weights(index, 6, half, valid=valid.float())
 
 
 def test_window_weights_reference_twin():

@@ -211,6 +211,52 @@ def test_deterministic():
     assert torch.equal(a.images, b.images) and torch.equal(a.index_map, b.index_map)
 
 
+@pytest.mark.parametrize("blend,warps", [(True, "auto"), (False, "auto"), (True, "dense")])
+def test_pixel_chunk_does_not_change_results(blend, warps):
+    # The per-pixel stages run on sub-batches of pixel_chunk mosaics: every field of the result is the same
+    # as one pass over the whole batch (chunks of 1, 3 with a remainder, and more than the batch), and each
+    # mosaic is the one a batch of its own gives.
+    pool = _random_pool(n=6, seed=13)
+    g = torch.Generator().manual_seed(6)
+    q = torch.rand(7, 14, 2, generator=g) * 90
+    occ = torch.rand(7, 14, generator=g) < 0.2
+    fields = ("images", "mosaic_unblended", "index_map", "probability", "weights", "distance", "warped",
+              "matches", "source_rows", "source_ids", "mirrored", "searched", "pose2d", "aligned")
+    results = [MosaicEngine(pool, size=36, blend=blend, warps=warps, pixel_chunk=c)(q, occ) for c in (1, 3, 64)]
+    for r in results[:2]:
+        for f in fields:
+            a, b = getattr(r, f), getattr(results[2], f)
+            assert (a is None and b is None) or torch.equal(a, b), f
+    single = MosaicEngine(pool, size=36, blend=blend, warps=warps)(q[4:5], occ[4:5])
+    assert torch.equal(single.images, results[1].images[4:5])
+    assert torch.equal(single.index_map, results[1].index_map[4:5])
+    with pytest.raises(ValueError, match="pixel_chunk"):
+        MosaicEngine(pool, pixel_chunk=0)
+
+
+def test_probability_maps_skip_unsearched_joints_on_the_cpu(monkeypatch):
+    # On the CPU only searched joints' maps are rasterised; the one-graph form rasterises all and multiplies
+    # by ``searched``. Same maps both ways, zero for unsearched joints.
+    import gpumosaic.synthesis as syn
+    from gpumosaic.raster import interpolate_triangulated
+
+    pool = _random_pool(n=6, seed=14)
+    eng = MosaicEngine(pool, size=33)
+    g = torch.Generator().manual_seed(7)
+    q = torch.rand(5, 14, 2, generator=g) * 90
+    searched = torch.rand(5, 14, generator=g) > 0.3
+    mt = syn.match_and_map(q, searched, eng.settings, eng.prepared, maps=False)
+    fast = syn.probability_maps(mt.pose2d, mt.aligned, searched, eng.settings)
+    with monkeypatch.context() as m:
+        m.setattr(syn.torch.compiler, "is_compiling", lambda: True)
+        dense = syn.probability_maps(mt.pose2d, mt.aligned, searched, eng.settings)
+    assert torch.equal(fast, dense)
+    assert float(fast[~searched].abs().max()) == 0.0 and float(fast[searched].amax()) > 0
+    b, j = map(int, torch.nonzero(searched)[3])
+    values = torch.exp(-(mt.pose2d[b] - mt.aligned[b, j]).square().sum(-1) / eng.settings.sigma**2)
+    assert torch.equal(fast[b, j], interpolate_triangulated(mt.aligned[b, j][None], values[None], (33, 33))[0])
+
+
 def test_input_not_mutated():
     pool = _random_pool(n=4, seed=12)
     images0, joints0 = pool.images.clone(), pool.joints.clone()

@@ -115,6 +115,57 @@ class TestDelaunay:
                 r = np.linalg.norm(a - centre)
                 assert (np.linalg.norm(p - centre, axis=1) > r - 1e-9).all()
 
+    def test_tie_only_path_equals_the_one_graph_path(self, monkeypatch):
+        # On the CPU ties are decided only where they occur (nonzero); under torch.compile (and on CUDA) every
+        # pair is decided densely. Tie-heavy sets (grids: cocircular squares, collinear hull points; duplicates;
+        # integer points) must give identical triangulations both ways.
+        import gpumosaic.delaunay as dl
+
+        g = torch.Generator().manual_seed(5)
+        sets = [_grid_points(4).expand(3, 16, 2).clone(), _grid_points(3, step=1.0).expand(2, 9, 2).clone(),
+                torch.randint(0, 5, (40, 14, 2), generator=g).to(torch.float64),
+                _random_points(20, 14, seed=7)]
+        sets[-1][:, 9] = sets[-1][:, 3]  # duplicates among general points
+        for pts in sets:
+            ties_only = dl.delaunay(pts)
+            with monkeypatch.context() as m:
+                m.setattr(dl.torch.compiler, "is_compiling", lambda: True)
+                dense = dl.delaunay(pts)
+            assert torch.equal(ties_only.valid, dense.valid)
+        assert int(ties_only.num_triangles.min()) > 0
+
+    def test_cache_gives_the_triangulation_of_similar_point_sets(self):
+        # TriangulationCache triangulates each stored set once; its triangulation is that of any similar copy
+        # (rotation, reflection, uniform scale, translation: what the engine's alignment does to a pool pose).
+        from gpumosaic.delaunay import TriangulationCache
+
+        g = torch.Generator().manual_seed(12)
+        pts = _random_points(30, 14, seed=13)
+        cache = TriangulationCache(pts)
+        rows = torch.tensor([3, 7, 3, 29, 0, 7])
+        got = cache.valid(rows)  # fills rows 0, 3, 7, 29 (3 and 7 asked twice)
+        assert got.shape == (6, math.comb(14, 3)) and got.dtype == torch.bool
+        assert torch.equal(got, delaunay(pts[rows]).valid)
+        ang = torch.rand(6, generator=g) * 6.28
+        rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)
+        scale = (0.5 + torch.rand(6, 1, 1, generator=g)) * torch.tensor([-1.0, 1.0])  # reflected copies
+        moved = (pts[rows] @ rot.transpose(1, 2).double()) * scale.double() + 40.0
+        assert torch.equal(cache.valid(rows), delaunay(moved).valid)
+        assert torch.equal(cache.valid(torch.arange(30)), delaunay(pts).valid)  # the rest filled on demand
+        assert int(cache._done.sum()) == 30
+
+    def test_cache_keeps_the_first_2p_minus_5_valid_triples(self):
+        # Stored as the valid triples' indices (2P - 5 slots, the most a triangulation has): grids (ties), a
+        # collinear set (no triangle) and 3 points round-trip exactly.
+        from gpumosaic.delaunay import TriangulationCache
+
+        pts = torch.cat([_grid_points(4)[:, :14], torch.stack([torch.arange(14.0), torch.arange(14.0) * 2], -1)[None]
+                         .double(), _random_points(1, 14, seed=14)])
+        cache = TriangulationCache(pts)
+        assert torch.equal(cache.valid(torch.arange(3)), delaunay(pts).valid)
+        three = TriangulationCache(_random_points(4, 3, seed=15))
+        assert torch.equal(three.valid(torch.arange(4)), delaunay(_random_points(4, 3, seed=15)).valid)
+
     def test_coincident_points_keep_the_lowest_index(self):
         pts = _random_points(5, 8, seed=4)
         pts[:, 6] = pts[:, 2]  # point 6 duplicates point 2
@@ -164,6 +215,42 @@ def _inside_hull_mask(pts: np.ndarray, size, margin=1e-3) -> np.ndarray:
 
 
 class TestInterpolateTriangulated:
+    def test_given_triangles_equal_its_own_triangulation(self):
+        g = torch.Generator().manual_seed(16)
+        pts = _random_points(5, 14, seed=17) + 25
+        vals = torch.rand(5, 14, generator=g).double()
+        own = interpolate_triangulated(pts, vals, (90, 95))
+        given = interpolate_triangulated(pts, vals, (90, 95), triangles=delaunay(pts).valid)
+        assert torch.equal(own, given)
+        other = delaunay(torch.roll(pts, 1, 0)).valid  # someone else's triangulation: a different map
+        assert not torch.equal(interpolate_triangulated(pts, vals, (90, 95), triangles=other), own)
+        with pytest.raises(ShapeError, match="triangles"):
+            interpolate_triangulated(pts, vals, (9, 9), triangles=other[:, :-1])
+        with pytest.raises(TypeError, match="triangles"):
+            interpolate_triangulated(pts, vals, (9, 9), triangles=other.float())
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_used_regions_only_equals_all_region_slots(self, monkeypatch, dtype):
+        # On the CPU the rasteriser keeps only the region slots some point set uses; the one-graph form scans
+        # all slots. Mixed batches (general, grid, collinear, coincident and 3-point sets, so the used counts
+        # differ per element) must give bit-identical images.
+        import gpumosaic.raster as ra
+
+        g = torch.Generator().manual_seed(9)
+        pts = _random_points(6, 14, seed=11, dtype=dtype)
+        pts[1] = _grid_points(4)[0, :14].to(dtype)
+        pts[2] = torch.stack([torch.linspace(0, 30, 14), torch.linspace(5, 20, 14)], -1).to(dtype)  # collinear
+        pts[3, 5:] = pts[3, 4]  # coincident
+        vals = torch.rand(6, 14, generator=g).to(dtype)
+        pts = pts + 25  # every region (exterior ones included) crosses the image
+        used = ra.interpolate_triangulated(pts, vals, (110, 104))
+        small = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (110, 104))
+        with monkeypatch.context() as m:
+            m.setattr(ra.torch.compiler, "is_compiling", lambda: True)
+            every = ra.interpolate_triangulated(pts, vals, (110, 104))
+            small_every = ra.interpolate_triangulated(pts[:2, :3], vals[:2, :3], (110, 104))
+        assert torch.equal(used, every) and torch.equal(small, small_every)
+
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_reference(self, dtype, device):
         size = (40, 44)

@@ -368,6 +368,41 @@ def test_warp_blend_sparse_equals_dense(padding_mode, pool_dtype, device):
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
+@pytest.mark.parametrize("pool_dtype", [torch.uint8, torch.float32])
+def test_warp_blend_sparse_with_index_map_equals_dense(padding_mode, pool_dtype, device):
+    """The index-map path (each pixel's own match sampled everywhere, the others only where their weight is
+    non-zero) against dense warps: Eq. 9 blend and the Eq. 6 copy-paste mosaic."""
+    from gpumosaic.blend import blend, mosaic_from_index
+    from gpumosaic.warp import warp_blend_sparse
+
+    g = torch.Generator().manual_seed(22)
+    pool = torch.rand(5, 3, 23, 31, generator=g)
+    if pool_dtype == torch.uint8:
+        pool = (pool * 255).round().to(torch.uint8)
+    pool = pool.to(device)
+    b, j, h, w = 3, 4, 19, 17
+    index = torch.randint(0, 5, (b, j), generator=g).to(device)
+    ang = torch.rand(b, j, generator=g) * 6.28
+    scale = 0.7 + torch.rand(b, j, generator=g)
+    lin = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)
+    aff = torch.cat([lin * scale[..., None, None], (torch.rand(b, j, 2, 1, generator=g) * 20 - 5)], -1).to(device)
+    own = torch.randint(0, j, (b, h, w), generator=g)
+    weights = torch.rand(b, j, h, w, generator=g)
+    weights = torch.where(torch.rand(b, j, h, w, generator=g) < 0.6, 0.0, weights)
+    weights.scatter_(1, own[:, None], 0.5 + torch.rand(b, 1, h, w, generator=g))  # own weight never zero
+    weights[0, :, :4] = 0.0  # rows with one match only (weight 1: a copy-paste pixel)
+    weights[0, :, :4].scatter_(0, own[0, :4][None], 1.0)
+    weights, own = weights.to(device), own.to(device)
+    warped = warp_gather(pool, index, aff, (h, w), padding_mode=padding_mode)
+    blended, pasted = warp_blend_sparse(pool, index, aff, weights, padding_mode=padding_mode, index_map=own)
+    torch.testing.assert_close(blended, blend(warped, weights), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pasted, mosaic_from_index(warped, own), atol=1e-5, rtol=0)
+    # ... and equal to the path without the index map (every non-zero pair found by search)
+    torch.testing.assert_close(blended, warp_blend_sparse(pool, index, aff, weights, padding_mode=padding_mode),
+                               atol=1e-6, rtol=0)
+
+
 def test_warp_blend_sparse_gradients_match_dense():
     from gpumosaic.blend import blend
     from gpumosaic.warp import warp_blend_sparse
