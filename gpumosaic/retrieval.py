@@ -183,7 +183,8 @@ class RetrievalIndex:
         radial = self.radial()
         scale = torch.maximum(self.cache["scale"], query.abs().amax())
         rp = torch.cdist(query, query)  # (B, J, J) ||p_k - p_j||
-        step = self._chunk_size(*pair.shape, budget_bytes)
+        b, num_j = pair.shape
+        step = max(1, min(len(self), budget_bytes // (b * num_j * 4 * 2)))  # PrunedSearch's (B, J, step) pair
         search = PrunedSearch(self, radial, pair, cp, wp, rp, scale, step)
         out = search.run()
         self.cache["last_survivors"] = search.survivors

@@ -218,16 +218,26 @@ def pruning_case():
     return q, idx, joint_distances_reference(q, idx.joints, LSP14).argmin(-1)
 
 
+def _pruned_budget(rows_per_chunk, batch):
+    """The budget that gives the pruned search chunks of ``rows_per_chunk`` pool rows (its two (B, J, n) work
+    blocks of float32); the scan run with it gets chunks of 1 row (fewer when the budget allows more)."""
+    return rows_per_chunk * batch * 14 * 4 * 2
+
+
 @pytest.mark.parametrize("sample", [1, 7, 2048])
 @pytest.mark.parametrize("rows_per_chunk", [1, 13, 10_000])
-def test_pruned_search_equals_scan_and_brute_force(sample, rows_per_chunk, monkeypatch, pruning_case):
+@pytest.mark.parametrize("exact_batch", [29, 1 << 14])
+def test_pruned_search_equals_scan_and_brute_force(sample, rows_per_chunk, exact_batch, monkeypatch,
+                                                   pruning_case):
     """Random pool (mirrored): the pruned search returns the scan's matches and D bit for bit, and the argmin
-    of the float64 loop of Eq. 1-3, for any first upper bound (sample size) and chunking."""
+    of the float64 loop of Eq. 1-3, for any first upper bound (sample size), chunking and number of survivors
+    whose exact D is taken together (the survivors of one row split over several pieces)."""
     import gpumosaic.pruning as pruning
 
     monkeypatch.setattr(pruning, "SAMPLE", sample)
+    monkeypatch.setattr(pruning, "EXACT_BATCH", exact_batch)
     q, idx, reference = pruning_case
-    budget = rows_per_chunk * 5 * 14 * 29 * 4
+    budget = _pruned_budget(rows_per_chunk, len(q))
     scan_i, scan_d = idx.best(q, budget_bytes=budget)
     got_i, got_d = idx.best(q, budget_bytes=budget, pruned=True)
     assert torch.equal(got_i, scan_i) and torch.equal(got_d, scan_d)
@@ -236,16 +246,21 @@ def test_pruned_search_equals_scan_and_brute_force(sample, rows_per_chunk, monke
 
 
 @pytest.mark.parametrize("rows_per_chunk", [1, 4, 1000])
-def test_pruned_search_ties_and_equal_bounds(rows_per_chunk):
+@pytest.mark.parametrize("exact_batch", [1, 3, 1 << 14])
+def test_pruned_search_ties_and_equal_bounds(rows_per_chunk, exact_batch, monkeypatch):
     """Adversarial cases for the bound and for ties: exact duplicates spread over the pool (ties: the lowest
-    row wins), rigidly rotated copies (every radial distance and so every bound equal, D equal up to rounding)
-    and mirrored copies (equal bounds, different D)."""
+    row wins, also when the duplicates' exact D are taken in different pieces), rigidly rotated copies (every
+    radial distance and so every bound equal, D equal up to rounding) and mirrored copies (equal bounds,
+    different D)."""
+    import gpumosaic.pruning as pruning
+
+    monkeypatch.setattr(pruning, "EXACT_BATCH", exact_batch)
     base = _poses(4, 14, 33)
     rotated = torch.cat([_rotate(base[:1], a, about=3) for a in (0.3, 1.1, 2.0, 2.9)])
     pool = torch.cat([base[[2, 0]], rotated, base, mirror_poses(base, LSP14), base[[3, 1, 0]], rotated[[2, 0]]])
     q = torch.cat([base, rotated[:2], _poses(2, 14, 34)], 0)
     idx = RetrievalIndex.build(pool, LSP14)
-    budget = rows_per_chunk * len(q) * 14 * 29 * 4
+    budget = _pruned_budget(rows_per_chunk, len(q))
     scan_i, scan_d = idx.best(q, budget_bytes=budget)
     got_i, got_d = idx.best(q, budget_bytes=budget, pruned=True)
     assert torch.equal(got_i, scan_i) and torch.equal(got_d, scan_d)
@@ -253,6 +268,23 @@ def test_pruned_search_ties_and_equal_bounds(rows_per_chunk):
     exact_copies = torch.where(d == d.amin(-1, keepdim=True), torch.arange(len(pool)), 999).amin(-1)
     torch.testing.assert_close(got_i[:4], exact_copies[:4])  # duplicates: D bit-equal, lowest row
     assert got_i[:4].tolist() == [[1] * 14, [7] * 14, [0] * 14, [9] * 14]
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 50])
+def test_pruned_search_tight_bound(rows_per_chunk):
+    """Scaled and rotated copies of the queries make the bound tight: for a copy scaled by s, every
+    ``||c_k(p) - c_k(q)|| = |1 - s|·r_k(p) = |r_k(p) - r_k(q)|``, so L = D up to rounding. The best rows (the copies
+    scaled by 1.1, D = 0.1·Σ_k 2·w_k·r_k) must survive the skip tests: a bound inflated beyond the rounding
+    margin loses them."""
+    q = _poses(3, 14, 40, scale=100.0) + 50.0
+    copies = [_rotate(q * s, a, about=5) for s, a in ((1.1, 0.7), (0.85, -1.9), (1.25, 2.5))]
+    pool = torch.cat([_poses(40, 14, 41), copies[1], copies[0], _poses(40, 14, 42), copies[2]])
+    idx = RetrievalIndex.build(pool, LSP14)
+    budget = _pruned_budget(rows_per_chunk, len(q))
+    scan_i, scan_d = idx.best(q, budget_bytes=budget)
+    got_i, got_d = idx.best(q, budget_bytes=budget, pruned=True)
+    assert torch.equal(got_i, scan_i) and torch.equal(got_d, scan_d)
+    assert got_i.tolist() == [[43 + b] * 14 for b in range(3)]  # the copies scaled by 1.1
 
 
 def test_pruned_search_skips_rows_on_a_clustered_pool():
