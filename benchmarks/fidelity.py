@@ -12,6 +12,8 @@ Commands::
 
     # the driver: the three kinds of sets, blended and copy-paste, for one or more engine configurations
     python benchmarks/fidelity.py sets --n 128 --seeds 0 1 --configs paper
+    # tables of saved results: per row, seeds pooled, or paired against one config on the same queries
+    python benchmarks/fidelity.py report [--compact | --pooled | --versus BASE] FILES
     #   --mocap SELECTOR restricts the mocap set's motion (gpumosaic.sources.select), e.g. upright clips only:
     #   --mocap 'clip=1|clip=2|clip=13+14+17+18+19+21+22+23+24'
     #   ceiling  pool images through the engine with their own pose (every joint matches its own image)
@@ -151,7 +153,9 @@ CONFIGS = _configs()
 """Named configurations (the sweep adds its own with --config NAME:JSON)."""
 
 
-def _parse_config(spec: str) -> Config:
+def parse_config(spec: str) -> Config:
+    """A named config (``CONFIGS``) or ``NAME:JSON`` of MosaicEngine keywords plus ``pool_size`` (160) and
+    ``pool_margin`` (px; None: 10 % of pool_size)."""
     if spec in CONFIGS:
         return CONFIGS[spec]
     name, _, rest = spec.partition(":")
@@ -295,7 +299,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _save(payload: dict, name: str, path: Path | None = None) -> Path:
+def save_results(payload: dict, name: str, path: Path | None = None) -> Path:
+    """Write ``payload`` as JSON to ``path`` or ``benchmarks/results/fidelity_{name}_{time}.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = path or RESULTS / f"fidelity_{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     slim = json.loads(json.dumps(payload))
@@ -329,7 +334,7 @@ def cmd_score(args) -> int:
     det = detect_poses(np.stack(images), args.detector)
     score = fidelity_score(det.joints, det.detected, np.stack(labels), seed=args.seed)
     payload = {"folder": str(folder), "labels": str(labels_file), "detector": det.version, "score": score}
-    path = _save(payload, "score")
+    path = save_results(payload, "score")
     print(f"{folder}: n={score['n']} detected {_fmt(score['detection_rate'])}, PCK@0.2 {_fmt(score['pck'])}, "
           f"PCK(detected) {_fmt(score['pck_detected'])}, median error {_fmt(score['median_error'])} torso "
           f"({_fmt(score['median_error_px'], 1)} px), L/R swaps {_fmt(score['swap_rate'], 3)}\n-> {path}")
@@ -347,7 +352,7 @@ def cmd_sets(args) -> int:
             mocap = select_mocap(mocap, args.mocap)
         except ValueError as err:  # bad grammar, or a selector that keeps nothing
             raise SystemExit(f"error: --mocap: {err}") from None
-    configs = [_parse_config(c) for c in args.configs]
+    configs = [parse_config(c) for c in args.configs]
     rows = []
     path = None
     for config in configs:
@@ -360,7 +365,7 @@ def cmd_sets(args) -> int:
                 row["mocap_selector"] = args.mocap  # None: all of load_real_mocap()
                 row["mocap_poses"] = len(mocap)
                 rows.append(row)
-                path = _save({"argv": sys.argv[1:], "mocap_selector": args.mocap, "mocap_poses": len(mocap),
+                path = save_results({"argv": sys.argv[1:], "mocap_selector": args.mocap, "mocap_poses": len(mocap),
                               "rows": rows}, args.tag, path)  # after every row
                 b, c = row["blended"], row["copy_paste"]
                 print(f"{config.name:>14} {kind:>8} s{seed}: PCK blended {_fmt(b['pck'])} copy-paste {_fmt(c['pck'])}"
@@ -374,7 +379,9 @@ def cmd_sets(args) -> int:
 def cmd_report(args) -> int:
     """Markdown tables of saved ``sets`` results (no detector needed)."""
     rows = [r for f in args.files for r in json.loads(Path(f).read_text())["rows"]]
-    if args.pooled:
+    if args.versus:
+        print(compare_table(rows, args.versus))
+    elif args.pooled:
         print(pooled_table(rows))
     elif args.compact:
         print(compact_table(rows))
@@ -408,6 +415,51 @@ def pooled_table(rows: list[dict]) -> str:
         seeds = ",".join(str(s) for s in sorted(r["seed"] for r in rs))
         lines.append(f"| {config} | {kind} | {seeds} | {n} | {mean_ci(pb)} | {mean_ci(pc)} | {mean_ci(pb - pc)} | "
                      f"{mean_ci(db)} | {mean_ci(dc)} | {src:.1f} | {seams:.0f} |")
+    return "\n".join(lines)
+
+
+def compare_table(rows: list[dict], base: str) -> str:
+    """Every other config against ``base`` on the same queries, seeds pooled: paired per-image differences
+    (config − base) of PCK and detection, blended and copy-paste, with bootstrap intervals over the images.
+
+    Rows are matched by (set, seed); a pair must have the same ``n`` and agree on every ``info`` key both carry
+    (held-out cameras and pool size, mocap ids and elevations), else ``ValueError``: not the same queries.
+    Pairs whose base row is missing are left out (the ``seeds`` column says which were used).
+    """
+    from gpumosaic.fidelity import bootstrap_interval
+
+    keyed: dict[tuple[str, str, int], dict] = {}
+    for r in rows:
+        key = (r["config"], _set_label(r), r["seed"])
+        if key in keyed:
+            raise ValueError(f"two rows for config {key[0]!r}, set {key[1]!r}, seed {key[2]}")
+        keyed[key] = r
+    if not any(k[0] == base for k in keyed):
+        raise ValueError(f"no rows of the base config {base!r}; configs: {sorted({k[0] for k in keyed})}")
+    groups: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    for (config, kind, seed), r in keyed.items():
+        ref = keyed.get((base, kind, seed))
+        if config == base or ref is None:
+            continue
+        shared = set(r["info"]) & set(ref["info"])
+        if r["n"] != ref["n"] or any(r["info"][k] != ref["info"][k] for k in shared):
+            raise ValueError(f"{config} vs {base}, set {kind}, seed {seed}: not the same queries")
+        groups.setdefault((config, kind), []).append((r, ref))
+    lines = [f"| config | vs | set | seeds | n | Δ PCK blended | Δ PCK copy-paste | Δ detected blended |"
+             f" Δ detected copy-paste |", "|---|---|---|---|---:|---|---|---|---|"]
+
+    def diff_ci(key: str, mode: str, pairs: list[tuple[dict, dict]]) -> str:
+        d = np.concatenate([np.asarray(r[mode]["per_image"][key], np.float64)
+                            - np.asarray(ref[mode]["per_image"][key], np.float64) for r, ref in pairs])
+        lo, hi = bootstrap_interval(lambda idx: d[idx].mean(1), len(d))
+        return f"{d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+    for (config, kind), pairs in groups.items():
+        seeds = ",".join(str(s) for s in sorted(r["seed"] for r, _ in pairs))
+        n = sum(r["n"] for r, _ in pairs)
+        cells = [diff_ci(k, m, pairs) for k, m in (("pck", "blended"), ("pck", "copy_paste"),
+                                                   ("detected", "blended"), ("detected", "copy_paste"))]
+        lines.append(f"| {config} | {base} | {kind} | {seeds} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -454,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("files", nargs="+")
     rp.add_argument("--compact", action="store_true")
     rp.add_argument("--pooled", action="store_true", help="seeds pooled per (config, set)")
+    rp.add_argument("--versus", default=None, metavar="BASE",
+                    help="paired differences of every other config against config BASE (same queries, seeds pooled)")
     args = ap.parse_args(argv)
     if args.command == "report":
         return cmd_report(args)

@@ -259,7 +259,6 @@ def _window_weights(
     out = torch.empty((bsz, n, height, width), dtype=dtype, device=device)
     if bsz == 0:
         return out
-    labels = torch.arange(n, device=device)
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
     # One table reused for every chunk, labels innermost: a corner of every label is one contiguous row of n
@@ -273,7 +272,7 @@ def _window_weights(
         m = stop - start
         sat = table[:m]
         inner = sat[:, 1:, 1:]
-        inner.copy_(index[start:stop, :, :, None] == labels)  # one-hot histogram, (m, H, W, n)
+        inner.zero_().scatter_(3, index[start:stop, :, :, None], 1)  # one-hot histogram, (m, H, W, n)
         inner.cumsum_(1)  # inclusive prefix sums down the rows ...
         inner.cumsum_(2)  # ... then along the columns: a summed-area table, exact in int32
 

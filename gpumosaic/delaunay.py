@@ -220,25 +220,36 @@ def _delaunay_valid(q: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
         dx, dy = dp[..., 0], dp[..., 1]
         ld = dx * dx + dy * dy
         det = dy * k2[..., None] - dx * k1[..., None] - ld * k0[..., None]
-        perm = ld * p0[..., None] + dx.abs() * p1[..., None] + dy.abs() * p2[..., None]
-        tie = det.abs() <= (_TOL_ULPS * eps) * perm
         inside = det > 0
         tol = tol_o[..., None]
         if q.device.type == "cpu" and not torch.compiler.is_compiling():
-            # Ties are rare: decide only those (a data-dependent count, free on the CPU), with the same
-            # arithmetic per pair as the dense form below, so the decisions are identical.
-            tie &= ~member  # a triangle's own vertices (det = 0) are excluded below anyway
-            pair = tie.view(-1).nonzero()[:, 0]  # flat (b, T, P) index of each tie
+            # Ties are rare: decide only those (data-dependent counts, free on the CPU), with the same
+            # arithmetic per pair as the dense form below, so the decisions are identical. Candidates first:
+            # perm <= (ex^2 + ey^2) p0 + ex p1 + ey p2 with (ex, ey) the set's extent (|d' | <= extent), so
+            # a pair whose |det| exceeds the tolerance of that bound (with slack for rounding) is no tie.
+            ext = qc.amax(1) - qc.amin(1)  # (b, 2), exact differences of the float64 coordinates
+            ex, ey = ext[:, 0, None], ext[:, 1, None]
+            bound = (ex * ex + ey * ey) * p0 + ex * p1 + ey * p2  # (b, T)
+            cand = det.abs() <= ((_TOL_ULPS * eps) * (1 + 1e-6)) * bound[..., None]
+            cand &= ~member  # a triangle's own vertices (det = 0) are excluded below anyway
+            pair = cand.view(-1).nonzero()[:, 0]  # flat (b, T, P) index of each candidate
             bt, pi = torch.div(pair, p_, rounding_mode="floor"), pair % p_
             ti, bi = bt % t_, torch.div(bt, t_, rounding_mode="floor")
-
+            dxy = dp.reshape(-1, 2).index_select(0, pair)
+            dx_c, dy_c = dxy[:, 0], dxy[:, 1]
+            p0_c, p1_c, p2_c = (t.reshape(-1).index_select(0, bt) for t in (p0, p1, p2))
+            perm = ld.reshape(-1).index_select(0, pair) * p0_c + dx_c.abs() * p1_c + dy_c.abs() * p2_c
+            det_c = det.reshape(-1).index_select(0, pair)
+            tie = det_c.abs() <= (_TOL_ULPS * eps) * perm
             sos = _sos_inside(
-                dp.reshape(-1, 2).index_select(0, pair), bp.reshape(-1, 2).index_select(0, bt),
+                dxy, bp.reshape(-1, 2).index_select(0, bt),
                 cp.reshape(-1, 2).index_select(0, bt), k0.reshape(-1).index_select(0, bt),
                 sgn.reshape(-1).index_select(0, bt), ia.view(-1).index_select(0, ti), ib.view(-1).index_select(0, ti),
                 ic.view(-1).index_select(0, ti), pi, tol.view(-1).index_select(0, bi), p_ + 1)
-            inside.masked_scatter_(tie, sos)  # in the order of the mask's True entries, as nonzero lists them
+            inside.masked_scatter_(cand, torch.where(tie, sos, det_c > 0))  # in the mask's order, as nonzero's
         else:  # one graph, no host sync: decide every pair and keep the tied ones
+            perm = ld * p0[..., None] + dx.abs() * p1[..., None] + dy.abs() * p2[..., None]
+            tie = det.abs() <= (_TOL_ULPS * eps) * perm
             sos = _sos_inside(dp, bp[:, :, None], cp[:, :, None], k0[..., None], sgn[..., None], ia, ib, ic,
                               ar.expand(t_, p_), tol, p_ + 1)
             inside = torch.where(tie, sos, inside)

@@ -26,6 +26,8 @@ from .pools import build_pool
 from .skeleton import LSP14
 from .sources.base import Mocap3D, Pool2D
 from .sources.build import Annotations2D, PathLike
+from .sources.deepmimic import load_deepmimic
+from .sources.trc import load_trc
 from .sources.real import (
     FORMAT_VERSION,
     ID_BASE,
@@ -130,9 +132,6 @@ def _build_real_pool(files: Path, device, quiet: bool) -> tuple[Pool2D, dict, li
 
 
 def _build_real_mocap(files: Path, build_dir: Path) -> tuple[Mocap3D, dict, list[str]]:
-    from .deepmimic import load_deepmimic
-    from .trc import load_trc
-
     counts, notes, poses, ids = {}, [], [], []
     for code, name in ((1, "Balancing_for_IK.trc"), (2, "Standing_for_Scaling.trc")):
         loaded = load_trc(files / "pose2sim" / "trc" / name)

@@ -411,10 +411,18 @@ def synthesise_hard(
     # Steps 4-8 on sub-batches of pixel_chunk mosaics (a count fixed by the shapes): their temporaries keep
     # one size whatever the batch (docs/performance.md, "batch size").
     b = query.shape[0]
-    parts = [_pixel_stages(mt, searched, s, prepared, slice(i, min(i + s.pixel_chunk, b)))
-             for i in range(0, max(b, 1), s.pixel_chunk)]  # b = 0: one empty pass
-    out = parts[0] if len(parts) == 1 else {k: _map(parts[0][k], lambda _, k=k: torch.cat([p[k] for p in parts]))
-                                            for k in parts[0]}
+    out = None
+    for i in range(0, max(b, 1), s.pixel_chunk):  # b = 0: one empty pass
+        rows = slice(i, min(i + s.pixel_chunk, b))
+        part = _pixel_stages(mt, searched, s, prepared, rows)
+        if i == 0 and rows.stop == b:  # one pass: its tensors are the result
+            out = part
+            break
+        if out is None:  # the whole batch's outputs, filled pass by pass (no second copy at the end)
+            out = {k: _map(t, lambda t: t.new_empty((b, *t.shape[1:]))) for k, t in part.items()}
+        for k, t in part.items():
+            if t is not None:
+                out[k][rows] = t
     mt = replace(mt, probability=out.pop("probability"))
     return mosaic_result(prepared, mt, searched, **out)
 

@@ -228,3 +228,90 @@ def test_preview_fidelity_with_the_detector():
     res = MosaicEngine(pool)(pool.joints[:1])  # its own pose: the near-real ceiling
     out = preview_fidelity(res)
     assert out["blended"]["detected"] and out["blended"]["pck"] > 0.5
+
+
+def _bench():
+    """benchmarks/fidelity.py as a module (its reporting needs no detector)."""
+    import importlib.util
+    from pathlib import Path
+
+    if "fidelity_bench" in sys.modules:
+        return sys.modules["fidelity_bench"]
+    spec = importlib.util.spec_from_file_location("fidelity_bench", Path(__file__).parents[1] / "benchmarks" / "fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fidelity_bench"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(config: str, seed: int, pck_b, pck_c, det_b, det_c, info=None) -> dict:
+    return {"config": config, "set": "mocap", "seed": seed, "n": len(pck_b), "info": info or {"mocap_ids": [seed]},
+            "blended": {"per_image": {"pck": list(pck_b), "detected": list(det_b)}},
+            "copy_paste": {"per_image": {"pck": list(pck_c), "detected": list(det_c)}}}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_compare_table_pairs_configs_on_the_same_queries():
+    bench = _bench()
+    rows = [_row("base", 0, [0.5, 0.0], [1.0, 0.5], [1, 0], [1, 1]),
+            _row("base", 1, [0.25, 1.0], [0.0, 0.0], [1, 1], [0, 0]),
+            _row("big", 0, [1.0, 0.5], [1.0, 0.25], [1, 1], [1, 1]),
+            _row("big", 1, [0.25, 0.0], [0.5, 0.0], [1, 0], [1, 0]),
+            _row("big", 2, [1.0, 1.0], [1.0, 1.0], [1, 1], [1, 1])]  # no base row for seed 2: left out
+    lines = bench.compare_table(rows, "base").splitlines()
+    assert len(lines) == 3
+    cells = _cells(lines[2])
+    assert cells[:5] == ["big", "base", "mocap", "0,1", "4"]
+    # blended PCK, big − base per image (seeds 0 then 1): +0.5, +0.5, 0, −1 -> mean 0
+    d = [0.5, 0.5, 0.0, -1.0]
+    rng = np.random.default_rng(0)  # the interval: a plain loop over bootstrap_interval's resamples
+    means = sorted(sum(d[i] for i in row) / 4 for row in rng.integers(0, 4, size=(2000, 4)))
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    assert cells[5] == f"{0.0:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    # copy-paste: 0, −0.25, +0.5, 0 -> +0.0625; detected blended: 0, +1, 0, −1 -> 0; detected copy-paste: 0, 0, +1, 0
+    assert [c.split(" ")[0] for c in cells[6:]] == ["+0.06", "+0.00", "+0.25"]
+
+
+def test_compare_table_refuses_other_queries_duplicates_and_a_missing_base():
+    bench = _bench()
+    base = _row("base", 0, [0.5], [0.5], [1], [1], info={"mocap_ids": [3], "elevation": [0.1]})
+    other = _row("big", 0, [0.5], [0.5], [1], [1], info={"mocap_ids": [4]})
+    with pytest.raises(ValueError, match="not the same queries"):
+        bench.compare_table([base, other], "base")
+    longer = _row("big", 0, [0.5, 0.5], [0.5, 0.5], [1, 1], [1, 1], info={"mocap_ids": [3]})
+    with pytest.raises(ValueError, match="not the same queries"):
+        bench.compare_table([base, longer], "base")
+    with pytest.raises(ValueError, match="two rows"):
+        bench.compare_table([base, base], "base")
+    with pytest.raises(ValueError, match="no rows of the base"):
+        bench.compare_table([other], "base")
+
+
+def test_body_gradient_matches_a_plain_loop():
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).parents[1] / "benchmarks" / "fidelity_sharpness.py"
+    spec = importlib.util.spec_from_file_location("fidelity_sharpness", path)
+    sharp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sharp)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 6, 7, generator=g)
+    distance = torch.rand(2, 6, 7, generator=g) * 20
+    got = sharp.body_gradient(images, distance, 12.0)
+    for b in range(2):  # plain loop: central differences of the grey image, interior pixels with distance < 12
+        total, count = 0.0, 0
+        for y in range(1, 5):
+            for x in range(1, 6):
+                if distance[b, y, x] < 12.0:
+                    grey = lambda yy, xx: float(images[b, :, yy, xx].mean())
+                    gy = (grey(y + 1, x) - grey(y - 1, x)) / 2
+                    gx = (grey(y, x + 1) - grey(y, x - 1)) / 2
+                    total += (gx * gx + gy * gy) ** 0.5
+                    count += 1
+        assert float(got[b]) == pytest.approx(total / count, rel=1e-5)

@@ -102,6 +102,21 @@ def test_pose2sim_trc_reprojects_onto_the_openpose_keypoints():
 
 
 @needs_files
+def test_real_mocap_builds_from_the_extracted_files(tmp_path):
+    """prepare's mocap step end to end on the extracted files (a regression: a wrong relative import once made
+    `gpumosaic data prepare` fail here after the pool was built): the Pose2Sim trials and DeepMimic clips, in
+    metres, LSP14, finite, ids unique."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DroppedEntriesWarning)  # the truncated standing trial
+        mocap, counts, _ = prepare._build_real_mocap(FILES, tmp_path)
+    assert mocap.skeleton.name == LSP14.name and mocap.poses.shape[1:] == (14, 3) and len(mocap) > 1000
+    assert torch.isfinite(mocap.poses).all()
+    height = mocap.poses[..., 1].amax(1) - mocap.poses[..., 1].amin(1)
+    assert 0.3 < float(height.median()) < 2.5  # metres, not millimetres
+    assert len(set(mocap.ids.tolist())) == len(mocap) == sum(kept for kept, _ in counts.values())
+
+
+@needs_files
 def test_openpose_loader_reads_pose2sim_body25b_like_real_py(tmp_path):
     """load_openpose(layout="BODY_25B") on a few Pose2Sim files gives load_pose2sim_annotations' joints, and
     layout="auto" refuses every camera's files as BODY_25B instead of misreading them as BODY_25."""
