@@ -193,10 +193,11 @@ class MosaicSettings:
         return cls(**given)
 
 
-PRUNE_MIN_ROWS = 32768
-"""Index size (virtual entries, mirrored ones included) from which ``retrieval="auto"`` prunes on the CPU: at
-20,000 entries the pruned search and the scan cost the same, at 160,000 the pruned one about 0.6 of the scan
-(docs/performance.md)."""
+PRUNE_MIN_ROWS = 10000
+"""Index size (virtual entries, mirrored ones included) from which ``retrieval="auto"`` prunes on the CPU. With
+the third pass of the pruned search (session 4), at 10,000 entries the two cost the same (pruned / scan 0.97 and
+0.87 in two runs), at 20,000 the pruned one 0.70–0.72 of the scan, at 160,000 about 0.5 (docs/performance.md);
+below 10,000 the scan is cheaper (1.14 at 5,000)."""
 
 
 def resolved_pruning(settings: MosaicSettings, device: torch.device, num_entries: int) -> bool:
