@@ -105,15 +105,20 @@ def source_inside(
     src_h, src_w = _validate_size(src_size)
     height, width = _validate_size(size)
     lead = dst_from_src.shape[:-2]
-    src_from_dst = invert_affine(dst_from_src.reshape(-1, 2, 3).to(dtype))
+    src_from_dst = invert_affine(dst_from_src.detach().reshape(-1, 2, 3).to(dtype))  # a bool mask: no gradient
     u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
     v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
-    inside = None
+    inside = coord = ok = None  # (n, H, W) buffers, reused for the second axis
     for row, extent in ((0, src_w), (1, src_h)):
         a, b, c = (src_from_dst[:, row, k, None, None] for k in range(3))
-        coord = torch.addcmul(torch.addcmul(c, a, u), b, v)  # (n, H, W)
-        ok = (coord >= -0.5) & (coord <= extent - 0.5)
-        inside = ok if inside is None else inside & ok
+        coord = torch.addcmul(torch.addcmul(c, a, u), b, v, out=coord)  # (n, H, W)
+        if inside is None:
+            inside = torch.ge(coord, -0.5)
+        else:
+            ok = torch.ge(coord, -0.5, out=ok)
+            inside &= ok
+        ok = torch.le(coord, extent - 0.5, out=ok)
+        inside &= ok
     return inside.reshape(*lead, height, width)
 
 
