@@ -91,7 +91,7 @@ def _row_bounds(m, c, k, y, reduce):
     return reduce(reduce(x[:, :, 0], x[:, :, 1]), x[:, :, 2])
 
 
-def _scan_regions(cons, ok, aff, y, width):
+def _scan_regions(cons, ok, aff, y, width, buffers=None):
     """Rasterise a piecewise-affine function given as convex regions, for a chunk of the batch.
 
     cons: the output of :func:`_prepare_constraints`, sliced to the chunk; ok (b, R) bool; aff (b, R, 3) float64
@@ -135,8 +135,15 @@ def _scan_regions(cons, ok, aff, y, width):
     pair = torch.gather(pair, 2, order).view(-1)
     run = torch.repeat_interleave(length.flatten(), output_size=b_ * h_ * width)  # run index of each pixel
     x = torch.arange(width, dtype=y.dtype, device=y.device)
-    pixel = torch.view_as_real(pair.index_select(0, run)).view(b_, h_, width, 2)
-    value = torch.addcmul(pixel[..., 0], pixel[..., 1], x)
+    n = b_ * h_ * width
+    if buffers is None or torch.is_grad_enabled() and pair.requires_grad:
+        pixel = pair.index_select(0, run)
+        value = None
+    else:  # the caller's per-call buffers (complex gather, float64 values), reused chunk after chunk
+        pixel = torch.index_select(pair, 0, run, out=buffers[0][:n])
+        value = buffers[1][:n].view(b_, h_, width)
+    pixel = torch.view_as_real(pixel).view(b_, h_, width, 2)
+    value = torch.addcmul(pixel[..., 0], pixel[..., 1], x, out=value)
     return value  # float64; the caller casts while copying into its output, then clamps
 
 
@@ -171,10 +178,12 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
     vmin, vmax = vmin - slack, vmax + slack
     chunk = max(1, _CHUNK_PIXELS // (h_ * w_))
     out = torch.empty(b_, h_, w_, dtype=dt, device=dev)
+    rows = min(chunk, b_) * h_ * w_
+    buffers = (torch.empty(rows, dtype=torch.complex128, device=dev), torch.empty(rows, dtype=torch.float64, device=dev))
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
         sl = slice(s, min(s + chunk, b_))
         chunk_cons = tuple(tuple(t[sl] for t in group) for group in cons)
-        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], y64, w_)
+        out[sl] = _scan_regions(chunk_cons, ok[sl], aff[sl], y64, w_, buffers)
     # Every value is a convex combination of the point values; clamping to (slightly more than) their range
     # is a safety net that only acts if a triangulation escaped the consistency checks. Clamping after the
     # cast to ``dt`` with the bounds cast to ``dt`` gives the same result as clamping in float64 before it
