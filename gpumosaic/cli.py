@@ -283,6 +283,12 @@ def default_source() -> str:
     return "real" if cache_ready() else "demo"
 
 
+def _real_default_motion() -> str:
+    from .sources.real import DEFAULT_MOTION
+
+    return DEFAULT_MOTION
+
+
 def _load_source(spec: str, flag: str, kinds, demo, real, loader, select):
     """``KIND[:PATH][:SELECTOR]`` through ``demo`` / ``real`` (then ``select``) or ``loader`` (which selects
     itself: pools before cropping, mocap by the loader's own sequence and frame numbers)."""
@@ -333,8 +339,9 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
     """Resolve ``--pool`` / ``--mocap`` specs (``KIND[:PATH][:SELECTOR]``, see
     :func:`gpumosaic.sources.select.parse_source_spec`) into ``(Pool2D, Mocap3D)`` on ``device``.
 
-    A missing spec takes the default source (:func:`default_source`); falling back to the demo data prints a
-    one-line notice through ``notice`` (default: stderr).
+    A missing spec takes the default source (:func:`default_source`); for the real data a missing ``--mocap``
+    is its default motion, the upright selection :data:`gpumosaic.sources.real.DEFAULT_MOTION` (``--mocap real``:
+    every pose). Falling back to the demo data prints a one-line notice through ``notice`` (default: stderr).
     """
     notice = notice or (lambda text: print(text, file=sys.stderr))
     if pool is None or mocap is None:
@@ -343,7 +350,8 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
             notice("notice: no prepared real data (run `gpumosaic data prepare`); using the embedded synthetic "
                    "demo data")
         pool = pool or default
-        mocap = mocap or default
+        # the real data's default motion: the upright selection (sources.real.DEFAULT_MOTION); `real` = all
+        mocap = mocap or (f"real::{_real_default_motion()}" if default == "real" else default)
     split_source(pool, "--pool"), split_source(mocap, "--mocap")  # both specs checked before any loading
     return load_pool_source(pool, device, pool_options), load_mocap_source(mocap, device, mocap_options)
 

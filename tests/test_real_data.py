@@ -338,7 +338,10 @@ def _tiny_sources(n=3, m=5, seed=0):
     images = torch.randint(0, 256, (n, 3, 40, 40), generator=g, dtype=torch.uint8)
     pool = Pool2D(images=images, joints=torch.rand(n, 14, 2, generator=g) * 30 + 5,
                   ids=torch.arange(n) + 100000)
-    mocap = Mocap3D(poses=load_demo_mocap().poses[:m] + 0.01, ids=torch.arange(m) + 1000000)
+    # clip codes (id // 100000): 1 and 2 (the Pose2Sim trials) and 13 (dance_a) are in the default motion,
+    # 10 (backflip) and 11 (cartwheel) are not
+    clips = torch.tensor([1, 13, 10, 2, 11, 13, 1, 11])[:m]
+    mocap = Mocap3D(poses=load_demo_mocap().poses[:m] + 0.01, ids=clips * real.ID_BASE + torch.arange(m))
     return pool, mocap
 
 
@@ -373,10 +376,14 @@ def test_default_source_is_real_with_a_cache(tmp_path, monkeypatch):
     got_pool, got_mocap = load_sources(None, None, torch.device("cpu"), notice=lines.append)
     assert not lines
     assert torch.equal(got_pool.images, pool.images) and torch.equal(got_pool.ids, pool.ids)
-    assert torch.equal(got_mocap.poses, mocap.poses) and torch.equal(got_mocap.ids, mocap.ids)
+    # the default motion: the upright selection (real.DEFAULT_MOTION), rows with clips 1, 13 and 2
+    upright = torch.tensor([0, 1, 3])
+    assert torch.equal(got_mocap.poses, mocap.poses[upright]) and torch.equal(got_mocap.ids, mocap.ids[upright])
+    _, every = load_sources(None, "real", torch.device("cpu"), notice=lines.append)  # `real`: every pose
+    assert torch.equal(every.poses, mocap.poses) and torch.equal(every.ids, mocap.ids)
     # Explicit kinds still win; a partial spec takes the default for the other.
     p, m = load_sources("demo", None, torch.device("cpu"), notice=lines.append)
-    assert len(p) == len(load_demo_pool()) and torch.equal(m.poses, mocap.poses)
+    assert len(p) == len(load_demo_pool()) and torch.equal(m.poses, mocap.poses[upright])
     p, m = load_sources(f"real:{tmp_path / 'cache'}", "demo:", torch.device("cpu"), notice=lines.append)
     assert torch.equal(p.images, pool.images) and len(m) == len(load_demo_mocap()) and not lines
     # A changed pin (or format) invalidates the cache.
@@ -392,7 +399,7 @@ def test_generate_uses_the_real_default(tmp_path, monkeypatch):
     out = tmp_path / "gen"
     assert main(["generate", "--n", "2", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     recs = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
-    assert {r["mocap_id"] for r in recs} <= set(mocap.ids.tolist())
+    assert {r["mocap_id"] for r in recs} <= set(mocap.ids[[0, 1, 3]].tolist())  # the default (upright) motion
     assert {i for r in recs for i in r["source_ids"] if i >= 0} <= set(pool.ids.tolist())
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "MEDIAPIPE_FOR_LSP14",
     "POOL_SEQUENCES",
     "POOL_MARGIN",
+    "DEFAULT_MOTION",
     "MOCAP_SEQUENCES",
     "default_cache_dir",
     "sha256_file",
@@ -93,6 +94,15 @@ images)."""
 
 POOL_MARGIN = 0.2
 """Crop margin of the real pool as a fraction of :data:`POOL_SIZE` (``build_pool``'s default is 10 %)."""
+
+DEFAULT_MOTION = "clip=1|clip=2|clip=13+14+17+18+19+21+22+23+24"
+"""Selector (:mod:`gpumosaic.sources.select`) of the real mocap that the commands use when no ``--mocap`` is
+given: the two Pose2Sim trials and the 9 DeepMimic clips in which the person stays on their feet (dance_a,
+dance_b, jump, kick, punch, run, spin, spinkick, walk; 844 of 1,745 poses). Left out by default: backflip,
+cartwheel, crawl, two get-ups and roll (on the ground or inverted). Chosen twice, independently: by the
+real-image reproduction's validation split (docs/reproduction.md, round 2) and by the fidelity benchmark
+(docs/fidelity.md: blended PCK@0.2 of `generate`'s mosaics 0.49 [0.46, 0.51] over six seeds against 0.39 with
+every clip). ``--mocap real`` (or :func:`load_real_mocap`) gives all 1,745 poses."""
 
 ENV_VAR = "GPUMOSAIC_CACHE"
 
