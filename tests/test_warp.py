@@ -344,23 +344,28 @@ def test_cuda_vs_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
 
 
+def _sparse_case(seed, pool_dtype, device, b, j=4):
+    """A small pool (5, 3, 23, 31) and (b, j) random rotation-scale-translation warps for the sparse-path tests."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.rand(5, 3, 23, 31, generator=g)
+    if pool_dtype == torch.uint8:
+        pool = (pool * 255).round().to(torch.uint8)
+    index = torch.randint(0, 5, (b, j), generator=g).to(device)
+    ang = torch.rand(b, j, generator=g) * 6.28
+    scale = 0.7 + torch.rand(b, j, generator=g)
+    lin = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)
+    aff = torch.cat([lin * scale[..., None, None], (torch.rand(b, j, 2, 1, generator=g) * 20 - 5)], -1).to(device)
+    return g, pool.to(device), index, aff
+
+
 @pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
 @pytest.mark.parametrize("pool_dtype", [torch.uint8, torch.float32])
 def test_warp_blend_sparse_equals_dense(padding_mode, pool_dtype, device):
     from gpumosaic.blend import blend
     from gpumosaic.warp import warp_blend_sparse
 
-    g = torch.Generator().manual_seed(21)
-    pool = torch.rand(5, 3, 23, 31, generator=g)
-    if pool_dtype == torch.uint8:
-        pool = (pool * 255).round().to(torch.uint8)
-    pool = pool.to(device)
     b, j, h, w = 2, 4, 19, 17
-    index = torch.randint(0, 5, (b, j), generator=g).to(device)
-    ang = torch.rand(b, j, generator=g) * 6.28
-    scale = 0.7 + torch.rand(b, j, generator=g)
-    lin = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)
-    aff = torch.cat([lin * scale[..., None, None], (torch.rand(b, j, 2, 1, generator=g) * 20 - 5)], -1).to(device)
+    g, pool, index, aff = _sparse_case(21, pool_dtype, device, b, j)
     weights = torch.rand(b, j, h, w, generator=g)
     weights = torch.where(torch.rand(b, j, h, w, generator=g) < 0.6, 0.0, weights).to(device)
     dense = blend(warp_gather(pool, index, aff, (h, w), padding_mode=padding_mode), weights)
@@ -376,17 +381,8 @@ def test_warp_blend_sparse_with_index_map_equals_dense(padding_mode, pool_dtype,
     from gpumosaic.blend import blend, mosaic_from_index
     from gpumosaic.warp import warp_blend_sparse
 
-    g = torch.Generator().manual_seed(22)
-    pool = torch.rand(5, 3, 23, 31, generator=g)
-    if pool_dtype == torch.uint8:
-        pool = (pool * 255).round().to(torch.uint8)
-    pool = pool.to(device)
     b, j, h, w = 3, 4, 19, 17
-    index = torch.randint(0, 5, (b, j), generator=g).to(device)
-    ang = torch.rand(b, j, generator=g) * 6.28
-    scale = 0.7 + torch.rand(b, j, generator=g)
-    lin = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)
-    aff = torch.cat([lin * scale[..., None, None], (torch.rand(b, j, 2, 1, generator=g) * 20 - 5)], -1).to(device)
+    g, pool, index, aff = _sparse_case(22, pool_dtype, device, b, j)
     own = torch.randint(0, j, (b, h, w), generator=g)
     weights = torch.rand(b, j, h, w, generator=g)
     weights = torch.where(torch.rand(b, j, h, w, generator=g) < 0.6, 0.0, weights)
