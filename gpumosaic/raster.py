@@ -179,7 +179,8 @@ def _interpolate(points: torch.Tensor, values: torch.Tensor, size: tuple[int, in
     chunk = max(1, _CHUNK_PIXELS // (h_ * w_))
     out = torch.empty(b_, h_, w_, dtype=dt, device=dev)
     rows = min(chunk, b_) * h_ * w_
-    buffers = (torch.empty(rows, dtype=torch.complex128, device=dev), torch.empty(rows, dtype=torch.float64, device=dev))
+    buffers = (torch.empty(rows, dtype=torch.complex128, device=dev),
+               torch.empty(rows, dtype=torch.float64, device=dev))
     for s in range(0, b_, chunk):  # chunks over the batch: a count fixed by the shapes
         sl = slice(s, min(s + chunk, b_))
         chunk_cons = tuple(tuple(t[sl] for t in group) for group in cons)

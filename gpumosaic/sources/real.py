@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,26 +82,18 @@ FORMAT_VERSION = 2
 (2: crops of :data:`POOL_SIZE` = 384 px instead of 256)."""
 
 POOL_SIZE = 384
-"""Stored side S of the real pool's crops. 384 with :data:`POOL_MARGIN` = 20 %: the joints span ≈ 230 stored px
-(the engine's 220 box spans them over 176 px, so a warp downsamples 1.3× instead of upsampling), and rotated
-warps find real context instead of padding. Chosen by the fidelity benchmark (docs/fidelity.md, "Stored size at
-α = 6"): with the paper's α = 6, blended mosaics were as recognisable as copy-paste ones at 384 px (blended −
-copy-paste +0.02 [−0.01, 0.06] held-out, +0.01 [−0.02, 0.04] mocap, seeds 0 + 1) and not at 256 px (−0.05,
-−0.06); blended PCK@0.2 +0.13 held-out, +0.09 mocap over 256 px on the same queries; 448 px added nothing on
-held-out poses. Memory: 442 KB per stored image (213 MB for the 481 real people; 17.7 GB for 40,000 stored
-images)."""
+"""Stored side S of the real pool's crops. 384 with :data:`POOL_MARGIN` = 20 %: the joints span ≈ 230 stored px,
+more than the 176 px of the engine's 220 box, and with the paper's α = 6 blended mosaics are then as
+recognisable as copy-paste ones (at 256 px they were not). Chosen by the fidelity benchmark (docs/fidelity.md,
+"Stored size at α = 6"); 442 KB per stored image (213 MB for the 481 real people)."""
 
 POOL_MARGIN = 0.2
 """Crop margin of the real pool as a fraction of :data:`POOL_SIZE` (``build_pool``'s default is 10 %)."""
 
 DEFAULT_MOTION = "clip=1|clip=2|clip=13+14+17+18+19+21+22+23+24"
-"""Selector (:mod:`gpumosaic.sources.select`) of the real mocap that the commands use when no ``--mocap`` is
-given: the two Pose2Sim trials and the 9 DeepMimic clips in which the person stays on their feet (dance_a,
-dance_b, jump, kick, punch, run, spin, spinkick, walk; 844 of 1,745 poses). Left out by default: backflip,
-cartwheel, crawl, two get-ups and roll (on the ground or inverted). Chosen twice, independently: by the
-real-image reproduction's validation split (docs/reproduction.md, round 2) and by the fidelity benchmark
-(docs/fidelity.md: blended PCK@0.2 of `generate`'s mosaics 0.49 [0.46, 0.51] over six seeds against 0.39 with
-every clip). ``--mocap real`` (or :func:`load_real_mocap`) gives all 1,745 poses."""
+"""Selector of the real mocap the commands use when no ``--mocap`` is given: the Pose2Sim trials and the 9 DeepMimic
+clips in which the person stays on their feet (844 of 1,745 poses; ``--mocap real`` = all). Chosen by the
+real-image reproduction's validation split and by the fidelity benchmark (docs/data.md, docs/fidelity.md)."""
 
 ENV_VAR = "GPUMOSAIC_CACHE"
 
