@@ -288,51 +288,46 @@ def _window_weights(
         x1 = (cols + r).clamp_max(width - 1)
         area = ((y1 - y0 + 1) * (x1 - x0 + 1)).to(dtype)  # |win(v, u)|, >= 1
 
-        # Row of each corner in the flattened (m * (H + 1) * (W + 1), n) table.
+        # Row of each window corner, for every pixel, in the flattened (m * (H + 1) * (W + 1), n) table.
         stride = width + 1
         flat = sat.view(m * size, n)
         first = (torch.arange(m, device=device) * size).view(m, 1, 1)
-
-        def corner(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-            return flat.index_select(0, (yy * stride + xx + first).reshape(-1))  # (m * H * W, n)
-
-        corners = ((y1 + 1, x1 + 1), (y0, x1 + 1), (y1 + 1, x0), (y0, x0))
+        corners = [(yy * stride + xx + first).reshape(-1)
+                   for yy, xx in ((y1 + 1, x1 + 1), (y0, x1 + 1), (y1 + 1, x0), (y0, x0))]
         ok = None if valid is None else valid[start:stop]
         if device.type == "cpu" and not torch.compiler.is_compiling():
-            _window_shares_where_mixed(out[start:stop], flat, stride, first, corners, index[start:stop], area, ok)
+            _window_shares_where_mixed(out[start:stop], flat, corners, index[start:stop], area, ok)
         else:  # one graph, no host sync: every label of every window
-            # Inclusion-exclusion on the table: count of each label inside the window.
-            count = corner(*corners[0])
-            count -= corner(*corners[1])
-            count -= corner(*corners[2])
-            count += corner(*corners[3])
+            count = _window_sum(flat, corners)  # (m * H * W, n)
             share = count.view(m, height, width, n).to(dtype).div_(area[..., None]).permute(0, 3, 1, 2)
             out[start:stop] = share if ok is None else mask_weights(share, ok)
     return out
 
 
-def _window_shares_where_mixed(out, flat, stride, first, corners, index, area, valid=None) -> None:
+def _window_sum(table: torch.Tensor, corners: list[torch.Tensor]) -> torch.Tensor:
+    """Inclusion-exclusion on a summed-area table: rows ``corners`` = (y1 + 1, x1 + 1), (y0, x1 + 1),
+    (y1 + 1, x0), (y0, x0) of ``table`` give the count inside each window."""
+    count = table.index_select(0, corners[0])
+    count -= table.index_select(0, corners[1])
+    count -= table.index_select(0, corners[2])
+    count += table.index_select(0, corners[3])
+    return count
+
+
+def _window_shares_where_mixed(out, flat, corners, index, area, valid=None) -> None:
     """:func:`_window_weights`'s shares written into ``out`` (m, n, H, W), computed label by label only where
     a window holds more than one label (CPU: a data-dependent count). Elsewhere the pixel's own label fills
     its window: count = area, share exactly 1, the others exactly 0, as the dense formula gives."""
     m, n = out.shape[:2]
     hw = out.shape[2] * out.shape[3]
     own = index.reshape(-1)
-    rows = [(yy * stride + xx + first).reshape(-1) for yy, xx in corners]  # table row of each corner
-    col = flat.view(-1)
-    own_count = col.index_select(0, rows[0] * n + own)
-    own_count -= col.index_select(0, rows[1] * n + own)
-    own_count -= col.index_select(0, rows[2] * n + own)
-    own_count += col.index_select(0, rows[3] * n + own)
+    own_count = _window_sum(flat.view(-1), [c * n + own for c in corners])  # the own label's column
     area = area.reshape(-1)
     pure = own_count == area.to(own_count.dtype)
     shares = out.view(m, n, hw)
     shares.zero_().scatter_(1, own.view(m, 1, hw), pure.view(m, 1, hw).to(out.dtype))
     mixed = (~pure).nonzero()[:, 0]
-    count = flat.index_select(0, rows[0].index_select(0, mixed))
-    count -= flat.index_select(0, rows[1].index_select(0, mixed))
-    count -= flat.index_select(0, rows[2].index_select(0, mixed))
-    count += flat.index_select(0, rows[3].index_select(0, mixed))
+    count = _window_sum(flat, [c.index_select(0, mixed) for c in corners])
     mixed_share = count.to(out.dtype).div_(area.index_select(0, mixed)[:, None])
     if valid is not None:  # mask_weights on the mixed windows (a one-label window is left one-hot by it)
         ok = valid.permute(0, 2, 3, 1).reshape(-1, n).index_select(0, mixed)

@@ -283,12 +283,6 @@ def default_source() -> str:
     return "real" if cache_ready() else "demo"
 
 
-def _real_default_motion() -> str:
-    from .sources.real import DEFAULT_MOTION
-
-    return DEFAULT_MOTION
-
-
 def _load_source(spec: str, flag: str, kinds, demo, real, loader, select):
     """``KIND[:PATH][:SELECTOR]`` through ``demo`` / ``real`` (then ``select``) or ``loader`` (which selects
     itself: pools before cropping, mocap by the loader's own sequence and frame numbers)."""
@@ -351,7 +345,9 @@ def load_sources(pool: str | None, mocap: str | None, device: torch.device, pool
                    "demo data")
         pool = pool or default
         # the real data's default motion: the upright selection (sources.real.DEFAULT_MOTION); `real` = all
-        mocap = mocap or (f"real::{_real_default_motion()}" if default == "real" else default)
+        from .sources.real import DEFAULT_MOTION
+
+        mocap = mocap or (f"real::{DEFAULT_MOTION}" if default == "real" else default)
     split_source(pool, "--pool"), split_source(mocap, "--mocap")  # both specs checked before any loading
     return load_pool_source(pool, device, pool_options), load_mocap_source(mocap, device, mocap_options)
 

@@ -464,7 +464,8 @@ def _bilinear_taps(
         gx, gy = 1 - fx, 1 - fy
         out = None
         for offset, w in ((0, gx * gy), (s_w, fx * gy), (s_h, gx * fy), (s_h + s_w, fx * fy)):
-            term = flat[offset:].index_select(0, first.view(-1)).view(first.shape).to(w.dtype).mul_(w[:, None])
+            term = flat[offset:].index_select(0, first.view(-1)).view(first.shape)
+            term = term.to(w.dtype).mul_(w[:, None])
             out = term if out is None else out.add_(term)
         return out
     fx, fy = x - x0f, y - y0f
@@ -524,25 +525,31 @@ def warp_blend_sparse(
         weights = weights.to(torch.promote_types(weights.dtype, pool_images.dtype))
     src_from_dst = invert_affine(dst_from_src.to(weights.dtype)).reshape(bsz * num_j, 6)
     rows = index.reshape(-1)
+    flat_w = weights.reshape(bsz, num_j, hw)
 
     def sample(bj: torch.Tensor, pixel_in: torch.Tensor) -> torch.Tensor:
         """(K, C) samples of match bj (row of the flattened (B * J) matches) at destination pixel pixel_in."""
         aff = src_from_dst.index_select(0, bj)
-        uf, vf = (pixel_in % width).to(weights.dtype), torch.div(pixel_in, width, rounding_mode="floor").to(weights.dtype)
+        uf = (pixel_in % width).to(weights.dtype)
+        vf = torch.div(pixel_in, width, rounding_mode="floor").to(weights.dtype)
         x = aff[:, 0] * uf + aff[:, 1] * vf + aff[:, 2]
         y = aff[:, 3] * uf + aff[:, 4] * vf + aff[:, 5]
         out = _bilinear_taps(pool_images, rows.index_select(0, bj), x, y, padding_mode)
         return out if pool_images.is_floating_point() else out / 255.0
 
+    def add_weighted(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (B * HW, C) plus weight × sample for every (b, j, pixel) of the bool ``mask`` (B, J, ...)."""
+        bj, pixel_in = mask.reshape(bsz * num_j, hw).nonzero().unbind(1)
+        weight = flat_w.reshape(-1).index_select(0, bj * hw + pixel_in)
+        pixel = torch.div(bj, num_j, rounding_mode="floor") * hw + pixel_in
+        return out.index_add_(0, pixel, sample(bj, pixel_in) * weight[:, None])
+
+    def as_image(t: torch.Tensor) -> torch.Tensor:
+        return t.view(bsz, height, width, -1).permute(0, 3, 1, 2)
+
     if index_map is None:
-        b, j, v, u = (weights != 0).nonzero().unbind(1)
-        bj = b * num_j + j
-        pixel_in = v * width + u
-        samples = sample(bj, pixel_in)
-        weight = weights.reshape(-1).index_select(0, bj * hw + pixel_in)
-        out = torch.zeros(bsz * hw, samples.shape[1], dtype=weights.dtype, device=weights.device)
-        out.index_add_(0, b * hw + pixel_in, samples * weight[:, None])
-        return out.view(bsz, height, width, -1).permute(0, 3, 1, 2)
+        channels = pool_images.shape[1]
+        return as_image(add_weighted(weights != 0, weights.new_zeros(bsz * hw, channels)))
 
     # Every pixel's own match (the index map's) has a non-zero weight: sample it at every pixel (this is
     # the copy-paste mosaic, Eq. 6, in pixel order: no search, no scatter); then add the other matches only
@@ -551,16 +558,6 @@ def warp_blend_sparse(
     batch = torch.arange(bsz, device=weights.device)
     own = sample((batch[:, None] * num_j + own_j[:, 0]).reshape(-1),
                  torch.arange(hw, device=weights.device).repeat(bsz))  # (B * HW, C)
-    flat_w = weights.reshape(bsz, num_j, hw)
-    w_own = flat_w.gather(1, own_j).reshape(-1)  # (B * HW,)
-    others = weights != 0
-    others.view(bsz, num_j, hw).scatter_(1, own_j, False)
-    b, j, v, u = others.nonzero().unbind(1)
-    pixel_in = v * width + u
-    bj = b * num_j + j
-    samples = sample(bj, pixel_in)
-    weight = flat_w.reshape(-1).index_select(0, bj * hw + pixel_in)
-    blended = own * w_own[:, None]
-    blended.index_add_(0, b * hw + pixel_in, samples * weight[:, None])
-    as_image = lambda t: t.view(bsz, height, width, -1).permute(0, 3, 1, 2)  # noqa: E731
+    others = (weights != 0).reshape(bsz, num_j, hw).scatter_(1, own_j, False)
+    blended = add_weighted(others, own * flat_w.gather(1, own_j).reshape(-1, 1))
     return as_image(blended), as_image(own)
