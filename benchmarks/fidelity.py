@@ -30,7 +30,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,30 +78,32 @@ class _Frames:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def load_pool(size: int = 160, margin: float | None = None, cache_dir: Path = Path("/tmp/gpumosaic-fidelity")) -> Pool2D:
+def load_pool(size: int = 160, margin: float | None = None, cache_dir: Path = Path("/tmp/gpumosaic-fidelity"),
+              padding: str = "reflection") -> Pool2D:
     """The real pool at stored side ``size`` with crop margin ``margin`` px (None: 10 % of size).
 
-    The prepared real pool (``load_real_pool``) when it was built with this size and margin; other variants
-    are cropped from the same frames and labels with :func:`gpumosaic.sources.build.build_pool` and cached
-    under ``cache_dir``.
+    The prepared real pool (``load_real_pool``) when it was built with this size, margin and padding
+    (``build_pool``'s ``padding_mode`` where a crop leaves its video frame); other variants are cropped from
+    the same frames and labels with :func:`gpumosaic.pools.build_pool` and cached under ``cache_dir``.
     """
     from gpumosaic.sources.real import load_real_pool, read_real_meta
 
     meta = read_real_meta()["pool"]
     built = meta["image_size"][0]
     built_margin = (meta.get("margin_fraction") or 0.1) * built
-    if built == size and abs(built_margin - (0.1 * size if margin is None else margin)) < 1e-6:
+    if (built == size and abs(built_margin - (0.1 * size if margin is None else margin)) < 1e-6
+            and padding == "reflection"):
         return load_real_pool()
     from gpumosaic.pools import build_pool
     from gpumosaic.sources.build import Annotations2D
     from gpumosaic.sources.real import default_cache_dir, load_pose2sim_annotations, load_sports2d_annotations
 
-    tag = f"pool_s{size}_m{'def' if margin is None else f'{margin:g}'}.npz"
+    tag = f"pool_s{size}_m{'def' if margin is None else f'{margin:g}'}_{padding}.npz"
     path = cache_dir / tag
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return Pool2D(images=torch.from_numpy(z["images"]), joints=torch.from_numpy(z["joints"]),
-                          skeleton=LSP14, ids=torch.from_numpy(z["ids"]))
+                          skeleton=LSP14, ids=torch.from_numpy(z["ids"]), content_box=torch.from_numpy(z["content_box"]))
     import warnings
 
     files = default_cache_dir() / "files"
@@ -113,9 +115,10 @@ def load_pool(size: int = 160, margin: float | None = None, cache_dir: Path = Pa
                            image_paths=tuple(p for a in parts for p in a.image_paths), skeleton=LSP14,
                            ids=torch.cat([a.ids for a in parts]), report=parts[0].report)
     print(f"building pool S={size} margin={margin} from {len(merged)} frames ...", file=sys.stderr)
-    pool = build_pool(merged, size, margin, read_image=_Frames(), chunk=32)
+    pool = build_pool(merged, size, margin, read_image=_Frames(), chunk=32, padding_mode=padding)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=pool.images.numpy(), joints=pool.joints.numpy(), ids=pool.ids.numpy())
+    np.savez(path, images=pool.images.numpy(), joints=pool.joints.numpy(), ids=pool.ids.numpy(),
+             content_box=pool.content_box.numpy())
     return pool
 
 
@@ -132,6 +135,8 @@ class Config:
     size: int = 160
     margin: float | None = None
     engine: dict = field(default_factory=dict)
+    padding: str = "reflection"
+    content_box: bool = True
 
 
 def _configs() -> dict[str, Config]:
@@ -154,13 +159,16 @@ CONFIGS = _configs()
 
 
 def parse_config(spec: str) -> Config:
-    """A named config (``CONFIGS``) or ``NAME:JSON`` of MosaicEngine keywords plus ``pool_size`` (160) and
-    ``pool_margin`` (px; None: 10 % of pool_size)."""
+    """A named config (``CONFIGS``) or ``NAME:JSON`` of MosaicEngine keywords plus ``pool_size`` (160),
+    ``pool_margin`` (px; None: 10 % of pool_size), ``pool_padding`` (``build_pool``'s padding_mode where a crop
+    leaves its frame; ``"reflection"``) and ``pool_box`` (keep the crops' ``content_box``; true)."""
     if spec in CONFIGS:
         return CONFIGS[spec]
     name, _, rest = spec.partition(":")
     opts = json.loads(rest) if rest else {}
-    return Config(name, size=int(opts.pop("pool_size", 160)), margin=opts.pop("pool_margin", None), engine=opts)
+    return Config(name, size=int(opts.pop("pool_size", 160)), margin=opts.pop("pool_margin", None),
+                  padding=opts.pop("pool_padding", "reflection"), content_box=bool(opts.pop("pool_box", True)),
+                  engine=opts)
 
 
 def make_queries(kind: str, pool: Pool2D, mocap, n: int, seed: int):
@@ -221,6 +229,7 @@ def run_set(kind: str, config: Config, pool: Pool2D, mocap, n: int, seed: int, p
     det = detect_poses(torch.cat([blended, pasted]), python)
     m = len(blended)
     out = {"set": kind, "config": config.name, "pool_size_px": config.size, "pool_margin": config.margin,
+           "pool_padding": config.padding, "pool_content_box": config.content_box,
            "engine": config.engine, "seed": seed, "n": m, "info": info, "engine_seconds": seconds,
            "detector": det.version}
     for tag, sl in (("blended", slice(0, m)), ("copy_paste", slice(m, 2 * m))):
@@ -229,6 +238,8 @@ def run_set(kind: str, config: Config, pool: Pool2D, mocap, n: int, seed: int, p
         out[tag]["pck14"] = all14["pck"]  # neck and head top too (MediaPipe approximates both)
     out["blend_minus_copy_paste_pck"] = paired_difference(out["blended"]["per_image"]["pck"],
                                                           out["copy_paste"]["per_image"]["pck"], seed=seed)
+    out["blend_minus_copy_paste_detected"] = paired_difference(out["blended"]["per_image"]["detected"],
+                                                               out["copy_paste"]["per_image"]["detected"], seed=seed)
     seams = torch.cat([_seams(r) for r in chunks]).float()
     sources = torch.cat([_sources(r) for r in chunks]).float()
     out["seams"] = {"mean": float(seams.mean()), "std": float(seams.std())}
@@ -356,7 +367,9 @@ def cmd_sets(args) -> int:
     rows = []
     path = None
     for config in configs:
-        pool = load_pool(config.size, config.margin)
+        pool = load_pool(config.size, config.margin, padding=config.padding)
+        if not config.content_box:
+            pool = replace(pool, content_box=None)
         for kind in args.sets:
             for seed in args.seeds:
                 sheet = (Path(args.sheets) / f"fidelity_{config.name}_{kind}_s{seed}.png"
@@ -392,14 +405,15 @@ def cmd_report(args) -> int:
 
 def pooled_table(rows: list[dict]) -> str:
     """Seeds pooled: per (config, set), the per-image PCK and detection of every seed's images together, with
-    bootstrap intervals over those images and the paired blended − copy-paste difference."""
+    bootstrap intervals over those images and the paired blended − copy-paste differences (PCK, detection)."""
     from gpumosaic.fidelity import bootstrap_interval
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["config"], _set_label(r)), []).append(r)
     lines = ["| config | set | seeds | n | PCK@0.2 blended | PCK@0.2 copy-paste | blended − copy-paste | detected blended |"
-             " detected copy-paste | sources / mosaic | source seams |", "|---|---|---|---:|---|---|---|---|---|---:|---:|"]
+             " detected copy-paste | detected: blended − copy-paste | sources / mosaic | source seams |",
+             "|---|---|---|---:|---|---|---|---|---|---|---:|---:|"]
 
     def mean_ci(values: np.ndarray) -> str:
         lo, hi = bootstrap_interval(lambda idx: values[idx].mean(1), len(values))
@@ -414,7 +428,7 @@ def pooled_table(rows: list[dict]) -> str:
         seams = sum(r["seams"]["mean"] * r["n"] for r in rs) / n
         seeds = ",".join(str(s) for s in sorted(r["seed"] for r in rs))
         lines.append(f"| {config} | {kind} | {seeds} | {n} | {mean_ci(pb)} | {mean_ci(pc)} | {mean_ci(pb - pc)} | "
-                     f"{mean_ci(db)} | {mean_ci(dc)} | {src:.1f} | {seams:.0f} |")
+                     f"{mean_ci(db)} | {mean_ci(dc)} | {mean_ci(db - dc)} | {src:.1f} | {seams:.0f} |")
     return "\n".join(lines)
 
 

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from ._check import check_shape
-from .geometry import compose_affine, fit_to_box
+from .geometry import apply_affine, compose_affine, fit_to_box, invert_affine
 from .sources.base import Pool2D
 from .sources.build import Annotations2D, PathLike, load_annotations
 from .warp import warp_gather, warp_images
 
-__all__ = ["Crops", "crop_people", "build_pool", "load_pool", "pool_memory_bytes"]
+__all__ = ["Crops", "content_box", "crop_people", "build_pool", "load_pool", "pool_memory_bytes"]
 
-
+_PADDING = {"border": "edge", "zeros": "constant", "reflection": "symmetric"}
+"""np.pad mode of each padding mode (``"symmetric"`` repeats the edge pixel, as ``grid_sample``'s reflection)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,44 @@ class Crops:
         images: (B, 3, S, S), uint8 for uint8 input (rounded), else the input's float dtype.
         joints: float (B, J, 2) joints in stored-image pixels (``fit_to_box`` of the input joints).
         box_from_image: float (B, 2, 3) the map from original-image pixels to stored-image pixels.
+        content_box: float (B, 4) the stored pixels filled from the image itself (:func:`content_box`).
     """
 
     images: torch.Tensor
     joints: torch.Tensor
     box_from_image: torch.Tensor
+    content_box: torch.Tensor | None = None
+
+
+def content_box(box_from_image: torch.Tensor, image_size: torch.Tensor, size: int) -> torch.Tensor:
+    """The stored pixels of each crop that sample the photo itself rather than its padding.
+
+    Stored pixel ``(u, v)`` is content when its centre maps into the photo's area ``[-0.5, W - 0.5] ×
+    [-0.5, H - 0.5]`` (a bilinear sample there is made of the photo's own pixels). For the axis-aligned maps
+    of :func:`~gpumosaic.geometry.fit_to_box` those pixels form a rectangle; it is returned by its outer
+    pixel edges, clipped to the stored image (whole stored image: ``(-0.5, -0.5, S - 0.5, S - 0.5)``).
+
+    Args:
+        box_from_image: float (B, 2, 3) maps from photo pixels to stored pixels (scale and translation).
+        image_size: (B, 2) or (2,) photo ``(H, W)``.
+        size: S, the stored side.
+
+    Returns:
+        float32 (B, 4) ``(x0, y0, x1, y1)`` on half-pixel edges; ``x0 > x1`` (empty) when no stored pixel
+        is content.
+    """
+    check_shape(box_from_image, ["B", "2", "3"], name="box_from_image")
+    m = box_from_image.double()
+    hw = torch.as_tensor(image_size, dtype=torch.float64, device=m.device).expand(m.shape[0], 2)
+    lo_src = torch.full_like(hw, -0.5)
+    hi_src = hw.flip(-1) - 0.5  # (W - 0.5, H - 0.5)
+    corners = torch.stack([torch.stack([lo_src[:, 0], lo_src[:, 1]], -1), torch.stack([hi_src[:, 0], lo_src[:, 1]], -1),
+                           torch.stack([lo_src[:, 0], hi_src[:, 1]], -1), torch.stack([hi_src[:, 0], hi_src[:, 1]], -1)], 1)
+    mapped = corners @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]  # (B, 4, 2)
+    eps = 1e-6  # a pixel centre exactly on the photo's edge is content
+    first = torch.ceil(mapped.amin(1) - eps).clamp_min(0)  # first content pixel centre per axis
+    last = torch.floor(mapped.amax(1) + eps).clamp_max(size - 1)
+    return torch.cat([first - 0.5, last + 0.5], -1).float()
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +88,7 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def crop_people(images: torch.Tensor, joints: torch.Tensor, size: int = 160, margin: float | None = None,
-                padding_mode: str = "border", *, chunk: int = 256) -> Crops:
+                padding_mode: str = "reflection", *, chunk: int = 256) -> Crops:
     """Crop each person into an S×S image: square around the joints' bounding box, one bilinear resampling.
 
     The square is that of :func:`~gpumosaic.geometry.fit_to_box` (the engine's own normalisation): the
@@ -67,7 +101,8 @@ def crop_people(images: torch.Tensor, joints: torch.Tensor, size: int = 160, mar
         joints: float (B, J, 2) pixels of ``images``.
         size: S, the stored side in pixels.
         margin: pixels kept free around the longer extent; ``None`` means 10 % of S.
-        padding_mode: ``"border"`` (replicate edge pixels where the square leaves the image) or ``"zeros"``.
+        padding_mode: where the square leaves the image: ``"reflection"`` (mirror the image at its edge,
+            the default: no streaks), ``"border"`` (replicate edge pixels) or ``"zeros"``.
         chunk: warps computed at a time.
 
     Returns:
@@ -85,11 +120,12 @@ def crop_people(images: torch.Tensor, joints: torch.Tensor, size: int = 160, mar
     box_joints, box_from_image = fit_to_box(joints, size, margin)
     out = warp_images(images, box_from_image.to(torch.float32), (size, size), padding_mode, chunk=chunk)
     out = _to_uint8(out) if images.dtype == torch.uint8 else out.to(images.dtype)
-    return Crops(images=out, joints=box_joints, box_from_image=box_from_image)
+    box = content_box(box_from_image, images.shape[-2:], size).to(images.device)
+    return Crops(images=out, joints=box_joints, box_from_image=box_from_image, content_box=box)
 
 
 def crop_people_reference(images: torch.Tensor, joints: torch.Tensor, size: int = 160,
-                          margin: float | None = None, padding_mode: str = "border") -> Crops:
+                          margin: float | None = None, padding_mode: str = "reflection") -> Crops:
     """Plain-loop twin of :func:`crop_people`: per person, its box by hand and ``cv2.warpAffine`` (tests only).
 
     OpenCV quantises sampling positions to 1/32 px, so values agree to about ``|gradient|/64``.
@@ -97,7 +133,7 @@ def crop_people_reference(images: torch.Tensor, joints: torch.Tensor, size: int 
     import cv2
 
     margin = 0.1 * size if margin is None else float(margin)
-    outs, js, maps = [], [], []
+    outs, js, maps, boxes = [], [], [], []
     for img, jt in zip(images, joints.double()):
         pts = jt.cpu().numpy()
         lo, hi = pts.min(0), pts.max(0)
@@ -108,14 +144,22 @@ def crop_people_reference(images: torch.Tensor, joints: torch.Tensor, size: int 
         m = np.array([[scale, 0, t[0]], [0, scale, t[1]]])
         src = img.permute(1, 2, 0).cpu().numpy().astype(np.float32)
         src = src / 255.0 if images.dtype == torch.uint8 else src
-        border = cv2.BORDER_REPLICATE if padding_mode == "border" else cv2.BORDER_CONSTANT
+        border = {"border": cv2.BORDER_REPLICATE, "zeros": cv2.BORDER_CONSTANT,
+                  "reflection": cv2.BORDER_REFLECT}[padding_mode]
         dst = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
         outs.append(torch.from_numpy(np.ascontiguousarray(dst.transpose(2, 0, 1))))
         js.append(torch.from_numpy(pts * scale + t))
         maps.append(torch.from_numpy(m))
+        # content: stored pixels whose centre maps back into [-0.5, W - 0.5] x [-0.5, H - 0.5], one by one
+        h, w = src.shape[:2]
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))
+        cols = [u for u in range(size) if -0.5 - 1e-6 <= inv[0, 0] * u + inv[0, 2] <= w - 0.5 + 1e-6]
+        rows = [v for v in range(size) if -0.5 - 1e-6 <= inv[1, 1] * v + inv[1, 2] <= h - 0.5 + 1e-6]
+        boxes.append([min(cols) - 0.5, min(rows) - 0.5, max(cols) + 0.5, max(rows) + 0.5])
     out = torch.stack(outs)
     out = _to_uint8(out) if images.dtype == torch.uint8 else out.to(images.dtype)
-    return Crops(images=out.to(images.device), joints=torch.stack(js).to(joints), box_from_image=torch.stack(maps))
+    return Crops(images=out.to(images.device), joints=torch.stack(js).to(joints), box_from_image=torch.stack(maps),
+                 content_box=torch.tensor(boxes, dtype=torch.float32))
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -143,13 +187,13 @@ def _box_reduce(image: np.ndarray, k: int) -> np.ndarray:
 
 def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None = None, *,
                device: torch.device | str | None = None, chunk: int = 64, antialias: bool = True,
-               padding_mode: str = "border",
+               padding_mode: str = "reflection",
                read_image: Callable[[Path], np.ndarray] | None = None) -> Pool2D:
     """Crop every annotated person into the stored resolution: a :class:`~gpumosaic.sources.base.Pool2D`.
 
-    Per chunk of ``chunk`` people, the distinct images are decoded once (host), padded to the chunk's
-    largest size (edge-replicated for ``"border"``, zeros for ``"zeros"``, so that the padding acts as the
-    per-image border rule), moved to ``device`` and resampled in one
+    Per chunk of ``chunk`` people, the distinct images are decoded once (host), padded far enough for every
+    person's square and to one size (mirrored for ``"reflection"``, edge-replicated for ``"border"``, zeros
+    for ``"zeros"``: the padding is each image's own border rule), moved to ``device`` and resampled in one
     :func:`~gpumosaic.warp.warp_gather` call through each person's ``fit_to_box`` square. The pool is
     assembled on ``device`` (uint8; see :func:`pool_memory_bytes` for the footprint).
 
@@ -162,17 +206,20 @@ def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None
         antialias: before the bilinear warp, shrink an image that the crop reduces by 2× or more with an exact
             k×k box filter (k = floor(1/scale) of its least-reduced person), so that the remaining bilinear
             step shrinks by less than 2× (bilinear alone aliases).
-        padding_mode: ``"border"`` or ``"zeros"`` where the square leaves the image.
+        padding_mode: where the square leaves the image: ``"reflection"`` (default: the image mirrored at its
+            edge, no streaks), ``"border"`` (edge pixels replicated, the behaviour before issue 13) or ``"zeros"``.
+            Either way the pool records which stored pixels are content (``Pool2D.content_box``), and the
+            engine's ``mask_outside`` keeps padding from winning the index map where a match has content.
         read_image: ``path -> (H, W, 3) uint8 RGB`` (default: OpenCV).
 
     Returns:
         :class:`~gpumosaic.sources.base.Pool2D` of N uint8 (N, 3, S, S) images, joints (N, J, 2) in stored
-        pixels, the annotations' skeleton and ids.
+        pixels, the annotations' skeleton and ids, and each crop's ``content_box`` (N, 4).
     """
     if chunk <= 0:
         raise ValueError(f"Expected chunk > 0, got {chunk}")
-    if padding_mode not in ("border", "zeros"):
-        raise ValueError(f"Expected padding_mode 'border' or 'zeros', got {padding_mode!r}")
+    if padding_mode not in _PADDING:
+        raise ValueError(f"Expected padding_mode 'reflection', 'border' or 'zeros', got {padding_mode!r}")
     missing = [i for i, p in enumerate(annotations.image_paths) if p is None]
     if missing:
         raise ValueError(f"{annotations.report.source}: {len(missing)} entries have no image path (first: entry "
@@ -183,6 +230,7 @@ def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None
     box_joints, box_from_image = fit_to_box(annotations.joints.double(), size, margin)
     scales = box_from_image[:, 0, 0].numpy()
     out = torch.empty((n, 3, size, size), dtype=torch.uint8, device=device)
+    photo_size = torch.empty((n, 2), dtype=torch.float64)  # (H, W) of each person's photo
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         paths = annotations.image_paths[start:stop]
@@ -198,15 +246,11 @@ def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None
             img = read_image(p)
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"Expected image {p} as (H, W, 3) uint8, got {img.shape} {img.dtype}")
+            for e in (e for e, q in enumerate(paths) if q == p):
+                photo_size[start + e] = torch.tensor(img.shape[:2], dtype=torch.float64)
             k = max(1, math.floor(1.0 / best[p])) if antialias and best[p] <= 0.5 else 1
             decoded.append(_box_reduce(img, k) if k > 1 else img)
             factors.append(k)
-        hm = max(d.shape[0] for d in decoded)
-        wm = max(d.shape[1] for d in decoded)
-        mode = "edge" if padding_mode == "border" else "constant"
-        batch = np.stack([np.pad(d, ((0, hm - d.shape[0]), (0, wm - d.shape[1]), (0, 0)), mode=mode)
-                          for d in decoded])
-        pool_images = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
         index = torch.tensor([slot[p] for p in paths], dtype=torch.long)
         k = torch.tensor(factors, dtype=torch.float64)[index]
         zero = torch.zeros_like(k)
@@ -214,11 +258,26 @@ def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None
         image_from_reduced = torch.stack([torch.stack([k, zero, (k - 1) / 2], -1),
                                           torch.stack([zero, k, (k - 1) / 2], -1)], -2)
         box_from_reduced = compose_affine(box_from_image[start:stop], image_from_reduced)
-        warped = warp_gather(pool_images, index.to(device), box_from_reduced.to(device, torch.float32),
-                             (size, size), padding_mode)
+        # Every image of the chunk gets the same left / top padding and one common size, enough for each
+        # person's square (one pixel beyond, for bilinear): the warp then samples only padded pixels, so the
+        # padding follows padding_mode exactly for every image, whatever its size.
+        corners = torch.tensor([[-1.0, -1.0], [size, -1.0], [-1.0, size], [size, size]], dtype=torch.float64)
+        reach = apply_affine(invert_affine(box_from_reduced), corners).reshape(-1, 2)  # reduced pixels
+        left, top = (int(v) for v in (-torch.floor(reach.amin(0))).clamp_min(0))
+        far_x, far_y = (int(v) + 1 for v in torch.ceil(reach.amax(0)))
+        width = left + max(far_x, max(d.shape[1] for d in decoded))
+        height = top + max(far_y, max(d.shape[0] for d in decoded))
+        batch = np.stack([np.pad(d, ((top, height - top - d.shape[0]), (left, width - left - d.shape[1]), (0, 0)),
+                                 mode=_PADDING[padding_mode]) for d in decoded])
+        pool_images = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
+        box_from_padded = box_from_reduced.clone()
+        box_from_padded[:, :, 2] -= box_from_reduced[:, :, :2] @ torch.tensor([left, top], dtype=torch.float64)
+        warped = warp_gather(pool_images, index.to(device), box_from_padded.to(device, torch.float32),
+                             (size, size), "border")
         out[start:stop] = _to_uint8(warped)
+    box = content_box(box_from_image, photo_size, size)
     return Pool2D(images=out, joints=box_joints.float().to(device), skeleton=annotations.skeleton,
-                  ids=annotations.ids.to(device))
+                  ids=annotations.ids.to(device), content_box=box.to(device))
 
 
 def pool_memory_bytes(n: int = 80_000, size: int = 160, channels: int = 3, joints: int = 14) -> int:
@@ -244,7 +303,7 @@ def pool_memory_bytes(n: int = 80_000, size: int = 160, channels: int = 3, joint
 
 def load_pool(kind: str, path: PathLike, *, size: int = 160, margin: float | None = None,
               device: torch.device | str | None = None, chunk: int = 64, antialias: bool = True,
-              padding_mode: str = "border", selection=None, **options) -> Pool2D:
+              padding_mode: str = "reflection", selection=None, **options) -> Pool2D:
     """Load 2D annotations with :func:`load_annotations` (loader ``options``), keep the entries that
     ``selection`` (a :class:`~gpumosaic.sources.select.Selection` or selector text, by the annotations' ids)
     keeps, and crop them into a pool with :func:`build_pool` (the other arguments)."""

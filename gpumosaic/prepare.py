@@ -228,6 +228,14 @@ def prepare(cache: PathLike | None = None, *, force: bool = False, quiet: bool =
     return PrepareReport(cache, False, len(pool), len(mocap), counts, seconds, tuple(missing_optional))
 
 
+def _content_box(pool: Pool2D) -> np.ndarray:
+    """(N, 4) float32: the pool's ``content_box``, or the whole stored image when it has none."""
+    if pool.content_box is not None:
+        return pool.content_box.cpu().numpy().astype(np.float32)
+    h, w = pool.image_size
+    return np.tile(np.array([-0.5, -0.5, w - 0.5, h - 0.5], np.float32), (len(pool), 1))
+
+
 def save_real_cache(cache: PathLike, pool: Pool2D, mocap: Mocap3D, *, files: Mapping[str, Mapping[str, str]],
                     counts: Mapping[str, tuple[int, int]] | None = None, seconds: Mapping[str, float] | None = None,
                     notes: Sequence[str] = ()) -> None:
@@ -256,7 +264,8 @@ def save_real_cache(cache: PathLike, pool: Pool2D, mocap: Mocap3D, *, files: Map
                   "sequences": {str(k): v for k, v in MOCAP_SEQUENCES.items()}, **common}
     (cache / "manifest.json").unlink(missing_ok=True)  # the cache is invalid while being rewritten
     _save_npz(cache / "pool.npz", {"images": pool.images.cpu().numpy(), "joints": pool.joints.cpu().numpy(),
-                                   "ids": pool.ids.cpu().numpy(), "meta": np.array(json.dumps(pool_meta))})
+                                   "ids": pool.ids.cpu().numpy(), "content_box": _content_box(pool),
+                                   "meta": np.array(json.dumps(pool_meta))})
     _save_npz(cache / "mocap.npz", {"poses": mocap.poses.cpu().numpy(), "ids": mocap.ids.cpu().numpy(),
                                     "meta": np.array(json.dumps(mocap_meta))})
     manifest = {

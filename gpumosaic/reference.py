@@ -258,6 +258,7 @@ class ReferenceEngine:
             raise ValueError("Expected compat_weight = 0: the reference engine has only the paper's per-joint "
                              f"retrieval, got compat_weight={settings.compat_weight}")
         self.images = pool.images.detach().cpu()  # (N, 3, H, W), read one match at a time
+        self.content_box = None if pool.content_box is None else pool.content_box.detach().cpu().double().numpy()
         self.scale = 1.0 if self.images.is_floating_point() else 1.0 / 255.0
         joints = pool.joints.detach().cpu().double().numpy()
         self.num_real = joints.shape[0]
@@ -319,10 +320,15 @@ class ReferenceEngine:
                              borderMode=self.border, borderValue=(0.0, 0.0, 0.0, 0.0))
         return out.transpose(2, 0, 1)  # (3, S, S)
 
-    def _inside(self, query_from_stored: np.ndarray) -> np.ndarray:
-        """(S, S) bool: query pixels whose nearest stored pixel lies inside the stored image (mask_outside)."""
+    def _inside(self, n_virtual: int, query_from_stored: np.ndarray) -> np.ndarray:
+        """(S, S) bool: query pixels whose nearest stored pixel lies inside the stored image and, with a
+        ``content_box``, has its centre inside that box (mask_outside)."""
         h, w = self.images.shape[-2:]
         ones = np.ones((h, w), np.uint8)
+        if self.content_box is not None:
+            x0, y0, x1, y1 = self.content_box[n_virtual % self.num_real]
+            cols, rows = np.arange(w), np.arange(h)
+            ones = (((cols >= x0) & (cols <= x1))[None, :] & ((rows >= y0) & (rows <= y1))[:, None]).astype(np.uint8)
         return cv2.warpAffine(ones, query_from_stored, (self.size, self.size), flags=cv2.INTER_NEAREST,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
@@ -407,7 +413,7 @@ class ReferenceEngine:
         valid = np.ones((num_j, s, s), bool)
         if self.mask_outside:
             for j in np.flatnonzero(searched):
-                valid[j] = self._inside(query_from_stored[j])
+                valid[j] = self._inside(matches[j], query_from_stored[j])
         # Lexicographic: a valid match beats any invalid one (prob is in [0, 1]), then the larger prob.
         key = prob + 2.0 * valid if self.mask_outside else prob
         masked = np.where(searched[:, None, None], key, -np.inf)

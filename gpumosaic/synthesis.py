@@ -451,7 +451,10 @@ def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepar
     # 5. Index map and copy-paste mosaic (Eq. 5-6); optionally padding never beats real content.
     valid = None
     if s.mask_outside:
-        valid = source_inside(query_from_stored, prepared.pool.image_size, (s.size, s.size), dtype=prob.dtype)
+        box = prepared.pool.content_box  # (N, 4) or None: the stored pixels filled from each photo
+        box = None if box is None else box[source.clamp_min(0)]  # (B, J, 4)
+        valid = source_inside(query_from_stored, prepared.pool.image_size, (s.size, s.size), box=box,
+                              dtype=prob.dtype)
     index = index_map(prob, searched, valid)
     unblended = None if sparse else mosaic_from_index(warped, index)
 

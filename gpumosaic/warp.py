@@ -80,19 +80,23 @@ def warp_points_reference(points: torch.Tensor, dst_from_src: torch.Tensor) -> t
 
 
 def source_inside(
-    dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int], *, dtype: torch.dtype = torch.float32
+    dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int], *, box: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Which destination pixels sample *inside* the source image (not its padding).
 
     Destination pixel ``(v, u)`` samples the source at ``(x, y) = src_from_dst @ (u, v, 1)``; it is inside
     when ``-0.5 <= x <= Ws - 0.5`` and ``-0.5 <= y <= Hs - 0.5``, i.e. within the area of the source's pixels
     (a bilinear sample there is made of the image's own pixels, with at most the half-pixel edge replicated).
-    Outside, the value is pure padding (a replicated border streak or zeros).
+    Outside, the value is pure padding (a replicated border streak or zeros). With ``box``, the area is
+    ``x0 <= x <= x1`` and ``y0 <= y <= y1`` instead: the part of a stored crop filled from its photo
+    (:attr:`gpumosaic.sources.Pool2D.content_box`).
 
     Args:
         dst_from_src: ``(..., 2, 3)`` float affine maps from source pixels to destination pixels.
         src_size: the source ``(Hs, Ws)``.
         size: the destination ``(H, W)``.
+        box: optional ``(..., 4)`` float ``(x0, y0, x1, y1)`` per map, in source pixels.
         dtype: the dtype in which the source positions are computed.
 
     Returns:
@@ -108,32 +112,42 @@ def source_inside(
     src_from_dst = invert_affine(dst_from_src.detach().reshape(-1, 2, 3).to(dtype))  # a bool mask: no gradient
     u = torch.arange(width, device=dst_from_src.device, dtype=dtype).view(1, 1, width)
     v = torch.arange(height, device=dst_from_src.device, dtype=dtype).view(1, height, 1)
+    if box is None:
+        bounds = ((-0.5, src_w - 0.5), (-0.5, src_h - 0.5))
+    else:
+        if tuple(box.shape) != (*lead, 4):
+            raise ShapeError(f"Expected box of shape {(*lead, 4)} (one (x0, y0, x1, y1) per map), got {tuple(box.shape)}")
+        flat = box.detach().reshape(-1, 4).to(dtype)[:, :, None, None]  # (n, 4, 1, 1)
+        bounds = ((flat[:, 0], flat[:, 2]), (flat[:, 1], flat[:, 3]))
     inside = coord = ok = None  # (n, H, W) buffers, reused for the second axis
-    for row, extent in ((0, src_w), (1, src_h)):
+    for row, (low, high) in enumerate(bounds):
         a, b, c = (src_from_dst[:, row, k, None, None] for k in range(3))
         coord = torch.addcmul(torch.addcmul(c, a, u), b, v, out=coord)  # (n, H, W)
         if inside is None:
-            inside = torch.ge(coord, -0.5)
+            inside = torch.ge(coord, low)
         else:
-            ok = torch.ge(coord, -0.5, out=ok)
+            ok = torch.ge(coord, low, out=ok)
             inside &= ok
-        ok = torch.le(coord, extent - 0.5, out=ok)
+        ok = torch.le(coord, high, out=ok)
         inside &= ok
     return inside.reshape(*lead, height, width)
 
 
-def source_inside_reference(dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+def source_inside_reference(dst_from_src: torch.Tensor, src_size: Sequence[int], size: Sequence[int],
+                            box: torch.Tensor | None = None) -> torch.Tensor:
     """Plain-loop twin of :func:`source_inside` in float64 (tests only)."""
     src_h, src_w = src_size
     height, width = size
     flat = dst_from_src.reshape(-1, 2, 3).double().cpu()
+    boxes = None if box is None else box.reshape(-1, 4).double().cpu().tolist()
     out = torch.zeros(flat.shape[0], height, width, dtype=torch.bool)
     for n in range(flat.shape[0]):
+        x0, y0, x1, y1 = (-0.5, -0.5, src_w - 0.5, src_h - 0.5) if boxes is None else boxes[n]
         inv = torch.linalg.inv(torch.cat([flat[n], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]))
         for v in range(height):
             for u in range(width):
                 x, y, _ = (inv @ torch.tensor([u, v, 1.0], dtype=torch.float64)).tolist()
-                out[n, v, u] = -0.5 <= x <= src_w - 0.5 and -0.5 <= y <= src_h - 0.5
+                out[n, v, u] = x0 <= x <= x1 and y0 <= y <= y1
     return out.reshape(*dst_from_src.shape[:-2], height, width)
 
 

@@ -40,7 +40,7 @@ def random_joints(rng, n, h, w, inside=0.8):
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+@pytest.mark.parametrize("padding_mode", ["reflection", "border", "zeros"])
 def test_crop_people_matches_opencv(device, padding_mode):
     rng = np.random.default_rng(0)
     imgs = np.stack([smooth_image(90, 120, s) for s in range(4)]).transpose(0, 3, 1, 2)
@@ -101,8 +101,10 @@ def _write_png(path, rgb01):
     return u8
 
 
-def test_build_pool_images_of_different_sizes(tmp_path, device):
-    """Several people per image, images of different sizes in one chunk: each crop equals OpenCV's crop."""
+@pytest.mark.parametrize("padding_mode", ["reflection", "border", "zeros"])
+def test_build_pool_images_of_different_sizes(tmp_path, device, padding_mode):
+    """Several people per image, images of different sizes in one chunk, crops reaching far out of their
+    image: each crop equals OpenCV's crop with the same border rule, and its content box the plain loop's."""
     rng = np.random.default_rng(2)
     sizes = [(70, 100), (110, 60), (90, 90)]
     files, decoded = [], []
@@ -111,15 +113,45 @@ def test_build_pool_images_of_different_sizes(tmp_path, device):
         decoded.append(_write_png(files[-1], smooth_image(h, w, 10 + k)))
     owner = [0, 0, 1, 2, 1, 2, 0]
     joints = np.stack([random_joints(rng, 1, *sizes[i], inside=1.1)[0] for i in owner])
+    joints[3] = joints[3] * 0.3 + 60  # a small person near the bottom right of a large image: small margins
+    joints[4] = joints[4] * 0.25  # a small person in the top left corner: its square leaves the image by far
     ann = _annotations(joints, [files[i] for i in owner])
-    pool = build_pool(ann, size=40, device=device, chunk=4, antialias=False)
+    pool = build_pool(ann, size=40, device=device, chunk=4, antialias=False, padding_mode=padding_mode)
     assert isinstance(pool, Pool2D) and pool.images.dtype == torch.uint8 and pool.images.shape == (7, 3, 40, 40)
     assert pool.images.device.type == device.type and pool.ids.tolist() == list(range(10, 17))
+    assert pool.content_box.shape == (7, 4) and pool.content_box.device.type == device.type
+    partial = 0
     for e, i in enumerate(owner):
         img = torch.from_numpy(decoded[i]).permute(2, 0, 1)[None]
-        ref = crop_people_reference(img, torch.from_numpy(joints[e : e + 1]).float(), size=40)
+        ref = crop_people_reference(img, torch.from_numpy(joints[e : e + 1]).float(), size=40,
+                                    padding_mode=padding_mode)
         assert int((pool.images[e].cpu().int() - ref.images[0].int()).abs().max()) <= 1
         torch.testing.assert_close(pool.joints[e].cpu(), ref.joints[0], atol=1e-3, rtol=0)
+        torch.testing.assert_close(pool.content_box[e].cpu(), ref.content_box[0], atol=0, rtol=0)
+        partial += bool((ref.content_box[0] != torch.tensor([-0.5, -0.5, 39.5, 39.5])).any())
+    assert partial >= 3  # several squares do leave their image
+
+
+def test_content_box_marks_the_pixels_that_sample_the_image():
+    """A constant image warped with zero padding: content pixels keep the constant (bilinear within the image's
+    area, at most the half-pixel edge), every pixel outside the box is at least half a pixel out."""
+    rng = np.random.default_rng(5)
+    images = torch.ones(5, 3, 30, 50)
+    joints = torch.from_numpy(random_joints(rng, 5, 30, 50, inside=1.2)).float()
+    crops = crop_people(images, joints, size=24, padding_mode="zeros")
+    box = crops.content_box
+    cols, rows = torch.arange(24.0), torch.arange(24.0)
+    for b in range(5):
+        x0, y0, x1, y1 = box[b].tolist()
+        assert all(v % 1 == 0.5 for v in (x0, y0, x1, y1))  # whole stored pixels
+        inside = ((cols >= x0) & (cols <= x1))[None, :] & ((rows >= y0) & (rows <= y1))[:, None]
+        value = crops.images[b, 0]
+        assert (value[inside] >= 0.5 - 1e-5).all()  # within [-0.5, W - 0.5]: at least half the constant
+        assert (value[~inside] <= 0.5 + 1e-5).all()  # beyond it: more than half a pixel out, below half
+    assert (box != torch.tensor([-0.5, -0.5, 23.5, 23.5])).any(1).sum() >= 3  # most squares leave the image
+    joints = torch.from_numpy(random_joints(rng, 2, 30, 50, inside=0.2)).float()
+    whole = crop_people(images[:2], joints, size=24)
+    torch.testing.assert_close(whole.content_box, torch.tensor([[-0.5, -0.5, 23.5, 23.5]] * 2))
 
 
 def test_build_pool_antialias_is_a_box_filter_then_the_warp(tmp_path):
@@ -137,7 +169,7 @@ def test_build_pool_antialias_is_a_box_filter_then_the_warp(tmp_path):
     lo, hi = joints[0].min(0), joints[0].max(0)
     t = (48 - 1) / 2 - scale * (lo + hi) / 2
     m = np.array([[scale * k, 0, scale * (k - 1) / 2 + t[0]], [0, scale * k, scale * (k - 1) / 2 + t[1]]])
-    ref = cv2.warpAffine(small, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ref = cv2.warpAffine(small, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     diff = np.abs(pool.images[0].permute(1, 2, 0).numpy().astype(np.float64) - ref)
     assert diff.max() <= 3.0  # uint8 rounding of the reduced image and of the output, OpenCV's 1/32 px steps
     plain = build_pool(_annotations(joints, [tmp_path / "big.png"]), size=48, antialias=False)

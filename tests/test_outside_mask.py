@@ -115,3 +115,55 @@ def test_engine_mask_outside_streaks_never_win():
     plain_chosen = torch.gather(valid, 1, plain.index_map[:, None])[:, 0]
     changed = masked.index_map != plain.index_map
     assert bool((~changed | (~plain_chosen & any_valid)).all())
+
+
+def _boxes(n, size, seed):
+    """Random content boxes on half-pixel edges inside a (size[0], size[1]) image."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    x = torch.sort(torch.randint(0, w, (n, 2), generator=g), -1).values.float()
+    y = torch.sort(torch.randint(0, h, (n, 2), generator=g), -1).values.float()
+    return torch.stack([x[:, 0] - 0.5, y[:, 0] - 0.5, x[:, 1] + 0.5, y[:, 1] + 0.5], -1)
+
+
+def test_source_inside_box_matches_plain_loop(device):
+    """With a content box per map, inside means within the box (plain loop in float64), and the whole-image box
+    gives the plain image test."""
+    maps = _maps(6, seed=5).view(2, 3, 2, 3)
+    box = _boxes(6, (5, 7), seed=1).view(2, 3, 4)
+    out = source_inside(maps.double().to(device), (5, 7), (9, 11), box=box.to(device), dtype=torch.float64)
+    ref = source_inside_reference(maps.double(), (5, 7), (9, 11), box=box)
+    assert torch.equal(out.cpu(), ref)
+    assert ref.any() and (~ref).any()
+    whole = torch.tensor([-0.5, -0.5, 6.5, 4.5]).expand(2, 3, 4)
+    assert torch.equal(source_inside(maps, (5, 7), (9, 11), box=whole), source_inside(maps, (5, 7), (9, 11)))
+    with pytest.raises(ValueError, match="box of shape"):
+        source_inside(maps, (5, 7), (9, 11), box=box.view(6, 4))
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_engine_content_box_padding_never_wins(mirror):
+    """Pool crops whose content covers only part of the stored image (Pool2D.content_box): with the mask, no
+    pixel where some match has content is filled from another match's padding, and the masked pixels are
+    exactly those of source_inside with the matches' boxes."""
+    g = torch.Generator().manual_seed(1)
+    joints = torch.tensor([[30.0, 60.0], [30.0, 45.0], [30.0, 30.0], [40.0, 30.0], [40.0, 45.0], [40.0, 60.0],
+                           [20.0, 35.0], [25.0, 25.0], [30.0, 15.0], [40.0, 15.0], [45.0, 25.0], [50.0, 35.0],
+                           [35.0, 12.0], [35.0, 2.0]])
+    images = torch.randint(0, 256, (4, 3, 64, 64), generator=g, dtype=torch.uint8)
+    box = torch.tensor([[-0.5, -0.5, 63.5, 63.5], [9.5, -0.5, 53.5, 63.5], [-0.5, 5.5, 63.5, 50.5],
+                        [14.5, 0.5, 47.5, 62.5]])
+    pool = Pool2D(images=images, joints=torch.stack([joints, joints + 1.0, joints - 1.0, joints + 0.5]),
+                  content_box=box)
+    query = joints[None] + torch.randn(3, 14, 2, generator=g) * 6
+    masked = MosaicEngine(pool, size=48, mirror=mirror)(query)
+    plain = MosaicEngine(pool, size=48, mirror=mirror, mask_outside=False)(query)
+    assert not mirror or bool(masked.mirrored.any())  # some matches are mirrored copies (flip in the affine)
+    valid = source_inside(masked.query_from_stored, (64, 64), (48, 48), box=box[masked.source])
+    chosen = torch.gather(valid, 1, masked.index_map[:, None])[:, 0]
+    any_valid = valid.any(1)
+    assert bool((chosen | ~any_valid).all())
+    assert bool((masked.index_map != plain.index_map).any())  # the boxes mattered for these queries
+    # without the boxes the same pool gives the whole-image mask: some pixels then differ
+    no_box = MosaicEngine(Pool2D(images=images, joints=pool.joints), size=48, mirror=mirror)(query)
+    assert bool((no_box.index_map != masked.index_map).any())

@@ -177,6 +177,19 @@ def test_real_pool_contents():
         scale = size * (1 - 2 * fraction) / (hi - lo).max()
         expected = (xy - (lo + hi) / 2) * scale + (size - 1) / 2
         np.testing.assert_allclose(pool.joints[i].numpy(), expected, atol=1e-3)
+        if meta["manifest"]["format_version"] >= 3:  # the content box by hand: stored pixel centres in the frame
+            width, height, _ = real._video_size(FILES / "pose2sim" / "videos" / f"cam{cam:02d}.mp4")
+            t = (size - 1) / 2 - scale * (lo + hi) / 2
+            cols = [u for u in range(size) if -0.5 <= (u - t[0]) / scale <= width - 0.5]
+            rows_in = [v for v in range(size) if -0.5 <= (v - t[1]) / scale <= height - 0.5]
+            box = [min(cols) - 0.5, min(rows_in) - 0.5, max(cols) + 0.5, max(rows_in) + 0.5]
+            np.testing.assert_allclose(pool.content_box[i].numpy(), box, atol=0)
+    if meta["manifest"]["format_version"] >= 3:
+        # Pose2Sim's portrait frames (1080 px wide) are narrower than most 20 %-margin squares: their crops are
+        # partly padding, which the box leaves out.
+        assert pool.content_box.shape == (n, 4)
+        partial = (pool.content_box != torch.tensor([-0.5, -0.5, size - 0.5, size - 0.5])).any(1)
+        assert int(partial.sum()) > n // 2
     # The crop holds a person: the stored image around the joints is not flat.
     assert float(pool.images.float().std()) > 20
 

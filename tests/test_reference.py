@@ -8,6 +8,8 @@ blended mosaics within a small mean difference (EDT of a line raster vs exact po
 some window half-widths by one pixel).
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -139,6 +141,29 @@ def test_mask_outside_and_reflection_against_reference(data):
     assert any((p.index_map != r.index_map).any() for p, r in zip(plain, refs))  # the mask changed something
     with pytest.raises(ValueError, match="compat_weight"):
         ReferenceEngine(pool, LSP14, MosaicSettings(compat_weight=1.0))
+
+
+def test_content_box_against_reference(data):
+    """Crops whose content covers part of the stored image (Pool2D.content_box) under mask_outside, engine
+    against the twin (which masks with a nearest-neighbour OpenCV warp of the box's pixels)."""
+    pool, query, occluded = data
+    g = torch.Generator().manual_seed(3)
+    h, w = pool.image_size
+    cut = torch.randint(0, h // 4, (len(pool), 4), generator=g).float()
+    box = torch.stack([cut[:, 0] - 0.5, cut[:, 1] - 0.5, w - 0.5 - cut[:, 2], h - 0.5 - cut[:, 3]], -1)
+    boxed = replace(pool, content_box=box)
+    settings = MosaicSettings(size=96, padding_mode="reflection", mask_outside=True)
+    res = MosaicEngine(boxed, LSP14, settings)(query[:3], occluded[:3])
+    refs = ReferenceEngine(boxed, LSP14, settings).batch(query[:3].numpy(), occluded[:3].numpy())
+    whole = ReferenceEngine(pool, LSP14, settings).batch(query[:3].numpy(), occluded[:3].numpy())
+    for b, r in enumerate(refs):
+        np.testing.assert_array_equal(res.matches[b].numpy(), r.matches)
+        same = res.index_map[b].numpy() == r.index_map
+        assert same.mean() >= 0.99
+        diff = np.abs(res.mosaic_unblended[b].numpy() - r.mosaic_unblended)[:, same]
+        assert diff.max() <= 2e-3
+        assert np.abs(res.images[b].numpy() - r.images).mean() < 1e-2
+    assert any((p.index_map != r.index_map).any() for p, r in zip(whole, refs))  # the boxes changed something
 
 
 def test_paper_settings_against_reference(data):

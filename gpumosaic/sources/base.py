@@ -25,6 +25,11 @@ class Pool2D:
         joints: float32 (N, J, 2) complete 2D annotations in stored-image pixels.
         skeleton: the joint layout of ``joints``.
         ids: int64 (N,) provenance ids (e.g. the frame number in the source dataset).
+        content_box: float (N, 4) ``(x0, y0, x1, y1)``, the part of each stored image filled from its photo:
+            stored pixels whose centres lie within ``[x0, x1] × [y0, y1]`` hold the photo's own content, the
+            rest is padding where the person's crop left the photo (:func:`gpumosaic.pools.build_pool`
+            records it; edges on half pixels). ``None``: every stored pixel is content. With the engine's
+            ``mask_outside`` (default) padding never wins the index map over content.
 
     Convention:
         Joints are ``(x, y)`` in pixels, ``x`` to the right (column), ``y`` down (row); pixel (row v,
@@ -37,6 +42,7 @@ class Pool2D:
     joints: torch.Tensor
     skeleton: Skeleton = LSP14
     ids: torch.Tensor | None = None
+    content_box: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         dims = check_shape(self.images, ["N", "C", "H", "W"], name="pool images")
@@ -70,6 +76,16 @@ class Pool2D:
             got = tuple(self.ids.shape) if isinstance(self.ids, torch.Tensor) else type(self.ids).__name__
             raise ValueError(f"Expected pool ids as an integer tensor of shape ({dims['N']},) (one per image), "
                              f"got {got}" + (f" {self.ids.dtype}" if isinstance(self.ids, torch.Tensor) else ""))
+        if self.content_box is not None:
+            box = self.content_box
+            if not isinstance(box, torch.Tensor) or box.shape != (dims["N"], 4) or not box.is_floating_point():
+                got = (f"{tuple(box.shape)} {box.dtype}" if isinstance(box, torch.Tensor) else type(box).__name__)
+                raise ValueError(f"Expected content_box as a float tensor of shape ({dims['N']}, 4) "
+                                 f"(x0, y0, x1, y1 per image), got {got}")
+            if box.device != self.joints.device:
+                raise ValueError(f"content_box is on {box.device}, pool joints on {self.joints.device}")
+            if checks_enabled() and not bool(torch.isfinite(box).all()):
+                raise ValueError("content_box holds NaN or infinite values")
         if checks_enabled():
             self._check_values(dims)
 
@@ -105,11 +121,14 @@ class Pool2D:
         return (self.images.shape[-2], self.images.shape[-1])
 
     def to(self, device=None) -> "Pool2D":
+        box = None if self.content_box is None else self.content_box.to(device)
         return replace(self, images=self.images.to(device), joints=self.joints.to(device),
-                       ids=self.ids.to(device))
+                       ids=self.ids.to(device), content_box=box)
 
     def subset(self, index: torch.Tensor | slice) -> "Pool2D":
-        return replace(self, images=self.images[index], joints=self.joints[index], ids=self.ids[index])
+        box = None if self.content_box is None else self.content_box[index]
+        return replace(self, images=self.images[index], joints=self.joints[index], ids=self.ids[index],
+                       content_box=box)
 
 
 @dataclass(frozen=True)

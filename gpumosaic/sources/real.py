@@ -8,7 +8,8 @@ it needs and builds:
 - a **real 2D pool** (``pool.npz``): the 4 calibrated cameras × 100 frames of Pose2Sim's balancing trial
   with their OpenPose BODY_25B keypoints, and the frames of Sports2D's outdoor demo video with MediaPipe
   Pose labels shipped in ``gpumosaic/data/real_labels/sports2d_mediapipe.json``; every person cropped by
-  :func:`~gpumosaic.pools.build_pool` to S = :data:`POOL_SIZE` (256, margin 20 %), LSP14 joints;
+  :func:`~gpumosaic.pools.build_pool` to S = :data:`POOL_SIZE` (384, margin 20 %; where the crop leaves
+  the video frame the frame is mirrored, and ``content_box`` records the part filled from it), LSP14 joints;
 - a **real 3D source** (``mocap.npz``): the 15 DeepMimic ``humanoid3d_*`` clips of pybullet (through
   :func:`~gpumosaic.sources.deepmimic.load_deepmimic`) and Pose2Sim's triangulated TRC trials (through
   :func:`~gpumosaic.sources.trc.load_trc`), LSP14, metres, ``z`` up, merged into one
@@ -77,9 +78,10 @@ __all__ = [
     "read_real_meta",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever what :func:`gpumosaic.prepare.prepare` builds changes: an older cache is then rebuilt
-(2: crops of :data:`POOL_SIZE` = 384 px instead of 256)."""
+(2: crops of :data:`POOL_SIZE` = 384 px instead of 256; 3: the frame mirrored where a crop leaves it, instead of
+its edge rows replicated, and each crop's ``content_box``)."""
 
 POOL_SIZE = 384
 """Stored side S of the real pool's crops. 384 with :data:`POOL_MARGIN` = 20 %: the joints span ≈ 230 stored px,
@@ -577,17 +579,18 @@ def read_real_meta(cache: PathLike | None = None) -> dict:
 
 
 def load_real_pool(device: torch.device | str | None = None, cache: PathLike | None = None) -> Pool2D:
-    """The prepared real pool: N people, uint8 (N, 3, S, S) RGB crops (S = :data:`POOL_SIZE` = 256 when built by
-    this version; caches built before hold 160), LSP14 joints (N, 14, 2) in stored
-    pixels, ids ``code * 100000 + frame`` (:data:`POOL_SEQUENCES`).
+    """The prepared real pool: N people, uint8 (N, 3, S, S) RGB crops (S = :data:`POOL_SIZE` = 384), LSP14
+    joints (N, 14, 2) in stored pixels, ids ``code * 100000 + frame`` (:data:`POOL_SEQUENCES`) and each crop's
+    ``content_box`` (N, 4): the stored pixels that come from the video frame.
 
     Raises:
         FileNotFoundError: no prepared cache (run ``gpumosaic data prepare``).
     """
-    arrays = _read(_require(cache) / "pool.npz", ["images", "joints", "ids"])
+    arrays = _read(_require(cache) / "pool.npz", ["images", "joints", "ids", "content_box"])
     return Pool2D(images=torch.from_numpy(arrays["images"]).to(device),
                   joints=torch.from_numpy(arrays["joints"].astype(np.float32)).to(device), skeleton=LSP14,
-                  ids=torch.from_numpy(arrays["ids"].astype(np.int64)).to(device))
+                  ids=torch.from_numpy(arrays["ids"].astype(np.int64)).to(device),
+                  content_box=torch.from_numpy(arrays["content_box"].astype(np.float32)).to(device))
 
 
 def load_real_mocap(device: torch.device | str | None = None, cache: PathLike | None = None) -> Mocap3D:

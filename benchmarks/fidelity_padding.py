@@ -1,0 +1,91 @@
+"""How much of a mosaic comes from padding where a stored crop left its photo? (issue 13, session 5)
+
+For the real pool (each crop's ``Pool2D.content_box``: the stored pixels filled from its video frame), counts
+the mosaic pixels whose chosen match (index map) samples outside its content box, i.e. padding: replicated
+edge rows (streaks) with the cache formats 1-2, mirrored frame content since format 3. Compares, on the same
+queries, the pool built with edge replication and no box (the state before) against the mirrored pool with
+its box (the default), both with the engine's defaults (``mask_outside`` on). No detector needed.
+
+    python benchmarks/fidelity_padding.py --n 128 --seeds 0 1 --sets heldout mocap \
+        --mocap 'clip=1|clip=2|clip=13+14+17+18+19+21+22+23+24'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fidelity as bench  # noqa: E402  (the driver's pools and query sets)
+
+from gpumosaic import MosaicEngine  # noqa: E402
+from gpumosaic.fidelity import bootstrap_interval  # noqa: E402
+from gpumosaic.warp import source_inside  # noqa: E402
+
+
+def padding_share(result, box: torch.Tensor, image_size) -> torch.Tensor:
+    """(B,) share of each mosaic's pixels whose index-map match samples outside its content box."""
+    valid = source_inside(result.query_from_stored, image_size, result.index_map.shape[-2:],
+                          box=box[result.source])  # (B, J, S, S)
+    chosen = torch.gather(valid, 1, result.index_map[:, None])[:, 0]
+    return (~chosen).flatten(1).float().mean(1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--sets", nargs="+", default=["heldout", "mocap"], choices=bench.SETS)
+    ap.add_argument("--mocap", default=None, metavar="SELECTOR")
+    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--margin", type=float, default=76.8)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from gpumosaic.sources.real import load_real_mocap
+
+    mocap = load_real_mocap()
+    if args.mocap:
+        from gpumosaic.sources.select import select_mocap
+
+        mocap = select_mocap(mocap, args.mocap)
+    new = bench.load_pool(args.size, args.margin, padding="reflection")
+    old = replace(bench.load_pool(args.size, args.margin, padding="border"), content_box=None)
+    box_all = new.content_box  # the same people in the same order in both pools
+    rows = []
+    for kind in args.sets:
+        for seed in args.seeds:
+            shares = {}
+            for name, pool in (("border_nobox", old), ("reflection_box", new)):
+                query, occluded, engine_pool, info = bench.make_queries(kind, pool, mocap, args.n, seed)
+                box = box_all if len(engine_pool) == len(pool) else None
+                if box is None:  # held-out: the engine's pool is a subset; find its rows by id
+                    pos = {int(i): k for k, i in enumerate(pool.ids)}
+                    box = box_all[torch.tensor([pos[int(i)] for i in engine_pool.ids])]
+                engine = MosaicEngine(engine_pool)
+                out = []
+                for i in range(0, len(query), 16):
+                    res = engine(query[i:i + 16], None if occluded is None else occluded[i:i + 16])
+                    out.append(padding_share(res, box, engine_pool.image_size))
+                shares[name] = torch.cat(out).double().numpy()
+            row = {"set": kind, "seed": seed, "n": args.n}
+            for name, v in shares.items():
+                lo, hi = bootstrap_interval(lambda idx, v=v: v[idx].mean(1), len(v))
+                row[name] = {"mean": float(v.mean()), "ci": [float(lo), float(hi)],
+                             "mosaics_with_padding": float((v > 0).mean()), "max": float(v.max())}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    path = bench.RESULTS / f"fidelity_padding_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"command": " ".join(sys.argv), "mocap": args.mocap, "rows": rows}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
