@@ -38,6 +38,32 @@ def padding_share(result, box: torch.Tensor, image_size) -> torch.Tensor:
     return (~chosen).flatten(1).float().mean(1)
 
 
+def save_figure(images: dict[str, torch.Tensor], shares: dict[str, np.ndarray], path: Path, title: str,
+                count: int = 3) -> None:
+    """The ``count`` mosaics with the most padding before: copy-paste and blended, before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-shares["border_nobox"])[:count]
+    fig, axes = plt.subplots(count, 4, figsize=(12, 3.1 * count))
+    for r, b in enumerate(order):
+        panels = [("border_nobox", 0, "replicated edge, no box: copy-paste"), ("reflection_box", 0, "mirrored + box: copy-paste"),
+                  ("border_nobox", 1, "replicated edge, no box: blended"), ("reflection_box", 1, "mirrored + box: blended")]
+        for c, (name, mode, label) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(images[name][b, mode].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_title(f"{label}\npadding {100 * shares[name][b]:.1f} % of pixels", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"Mosaics with the most padding ({title}): edge rows replicated into streaks (left pair) vs "
+                 f"mirrored frame and content box (right pair)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=128)
@@ -46,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mocap", default=None, metavar="SELECTOR")
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--margin", type=float, default=76.8)
+    ap.add_argument("--figure", default=None, help="PNG: the mosaics of the first set and seed with the most padding")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from gpumosaic.sources.real import load_real_mocap
@@ -59,6 +86,7 @@ def main(argv=None) -> int:
     old = replace(bench.load_pool(args.size, args.margin, padding="border"), content_box=None)
     box_all = new.content_box  # the same people in the same order in both pools
     rows = []
+    figure_images: dict[str, torch.Tensor] = {}
     for kind in args.sets:
         for seed in args.seeds:
             shares = {}
@@ -69,16 +97,22 @@ def main(argv=None) -> int:
                     pos = {int(i): k for k, i in enumerate(pool.ids)}
                     box = box_all[torch.tensor([pos[int(i)] for i in engine_pool.ids])]
                 engine = MosaicEngine(engine_pool)
-                out = []
+                out, images = [], []
                 for i in range(0, len(query), 16):
                     res = engine(query[i:i + 16], None if occluded is None else occluded[i:i + 16])
                     out.append(padding_share(res, box, engine_pool.image_size))
+                    if args.figure and not rows:
+                        images.append(torch.stack([res.mosaic_unblended, res.images], 1))
                 shares[name] = torch.cat(out).double().numpy()
+                if images:
+                    figure_images[name] = torch.cat(images)
             row = {"set": kind, "seed": seed, "n": args.n}
             for name, v in shares.items():
                 lo, hi = bootstrap_interval(lambda idx, v=v: v[idx].mean(1), len(v))
                 row[name] = {"mean": float(v.mean()), "ci": [float(lo), float(hi)],
                              "mosaics_with_padding": float((v > 0).mean()), "max": float(v.max())}
+            if args.figure and not rows:
+                save_figure(figure_images, shares, Path(args.figure), f"{kind}, seed {seed}")
             rows.append(row)
             print(json.dumps(row), flush=True)
     path = bench.RESULTS / f"fidelity_padding_{time.strftime('%Y%m%d-%H%M%S')}.json"

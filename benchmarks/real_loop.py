@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-realism", action="store_true",
                    help="skip the classifiers' top-1 on the mosaic bank (it re-synthesises the bank on a rerun)")
     p.add_argument("--markdown", default=None, help="write the result tables (markdown) here")
+    p.add_argument("--no-blend", action="store_true",
+                   help="train M and M+R on copy-paste mosaics (Eq. 6, no blending): an option to compare with the "
+                        "paper's blended mosaics (docs/fidelity.md)")
     return p
 
 
@@ -163,7 +166,8 @@ def main(argv=None) -> dict:
 
     base = preset("cpu", size=args.size, classes=args.classes, views=args.views, class_views=args.views,
                   batch_size=args.batch_size, steps=args.steps, backbone=args.backbone, lr=args.lr,
-                  mosaic_cache=args.mosaic_cache, seed=args.seed, roll=args.roll, checkpoint_every=50,
+                  mosaic_cache=args.mosaic_cache, seed=args.seed, roll=args.roll, blend=not args.no_blend,
+                  checkpoint_every=50,
                   log_every=5)
     t0 = time.perf_counter()
     shared = prepare_data(replace(base, mode="M+R"), pool, mocap)

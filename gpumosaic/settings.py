@@ -34,15 +34,18 @@ on a plateau σ ∈ [5, 10] px and falls off beyond; seams grow with σ."""
 DEFAULT_ALPHA = 6.0
 """Default α of Eq. 7 (window side on the skeleton, px at S = 220): the paper's value, 6.
 
-The fidelity benchmark (docs/fidelity.md, issue 13) measured that with α = 6 about half of the body's pixels
-are cross-fades of two or more misaligned sources and an independent detector finds the person in fewer
-blended mosaics than copy-paste ones; α = 1 (:data:`FIDELITY`, ``--alpha 1``) removes that loss. The paper's
-value stays the default (deviations from the paper are options, never silent defaults)."""
+The fidelity benchmark (docs/fidelity.md, issue 13) measured that on pools stored at 160–256 px, α = 6 cost
+blended mosaics recognisability (half of the body's pixels are cross-fades of misaligned sources) and α = 1
+(:data:`FIDELITY`, ``--alpha 1``) removed that loss. On the real pool stored at 384 px (the default since session
+4) α = 6 is as good as α = 1 (blended PCK@0.2 α 1 − α 6: −0.03 [−0.06, +0.01] held-out, −0.01 [−0.05, +0.02]
+mocap, session 5). The paper's value is the default (deviations from the paper are options, never silent
+defaults)."""
 
 FIDELITY = {"alpha": 1.0}
-"""The blending chosen by the fidelity benchmark (docs/fidelity.md): α = 1 (3×3 windows on the skeleton, sharp
-seams on the body) with β = 0.25 still smoothing the background. ``MosaicEngine(pool, **FIDELITY)``, or
-``--alpha 1`` on the command line."""
+"""The blending the fidelity benchmark chose for pools stored at ≤ 256 px (docs/fidelity.md): α = 1 (no window on
+the skeleton itself, sharp seams on the body) with β = 0.25 still smoothing the background.
+``MosaicEngine(pool, **FIDELITY)``, or ``--alpha 1`` on the command line. With crops of ≥ 384 px (the real
+pool's) it brings nothing over the paper's α = 6 (:data:`DEFAULT_ALPHA`)."""
 
 PAPER = {"alpha": 6.0, "beta": 0.25, "padding_mode": "border", "mask_outside": False, "compat_weight": 0.0}
 """The paper's blending settings and the original implementation choices (``MosaicEngine(pool, **PAPER)``,
@@ -59,7 +62,7 @@ class MosaicSettings:
     Attributes:
         size: S, side of the square output in pixels (paper: 220).
         alpha: α of Eq. 7, the window side at distance 0 from the skeleton, px (paper and default: 6;
-            :data:`FIDELITY` = 1, chosen by the fidelity benchmark, keeps body seams sharp).
+            :data:`FIDELITY` = 1 keeps body seams sharp, which helped pools stored at ≤ 256 px).
         beta: β of Eq. 7, window growth per pixel of distance to the skeleton (paper: 0.25).
         sigma: σ of Eq. 5 in box pixels (Gaussian vertex values of the probability maps); ``None`` means
             ``DEFAULT_SIGMA · size / 220`` (7.5 px at the paper's 220).

@@ -87,6 +87,8 @@ class TrainConfig:
             same turn in the image (:func:`~gpumosaic.realcrops.real_crops`). An option, not the paper's.
         extent_m: metres mapped to 1 by the regressor's 3D normalisation.
         margin: ``fit_to_box`` margin in px; ``None``: 10 % of ``size``.
+        blend: ``True`` (default, the paper's): mosaics blended by Eq. 7–9; ``False``: copy-paste mosaics
+            (Eq. 6 only), an option for comparing the two (docs/fidelity.md).
         mosaic_cache: 0 (default, the paper's never-repeating stream) or n > 0: mosaic batches ``0..n-1`` are
             synthesised once, kept in memory and reused cyclically (a CPU economy: synthesis costs as much
             as a training step there; the stream then repeats every n mosaic batches).
@@ -113,6 +115,7 @@ class TrainConfig:
     roll: float = 0.0
     extent_m: float = 1.0
     margin: float | None = None
+    blend: bool = True
     mosaic_cache: int = 0
     seed: int = 0
     checkpoint_every: int = 100
@@ -279,7 +282,8 @@ def prepare_data(config: TrainConfig, pool: Pool2D | None, mocap: Mocap3D | None
         mosaics = OnlineMosaicDataset(pool, mocap, config.batch_size, views=ViewSettings(views_per_pose=config.views,
                                                                        roll_range=(-config.roll, config.roll)),
                                       device=device, seed=config.seed,
-                                      engine=MosaicSettings(size=config.size, margin=config.margin),
+                                      engine=MosaicSettings(size=config.size, margin=config.margin,
+                                                            blend=config.blend),
                                       drop_last=True, rank=0, world_size=1)
         if mosaics.num_pairs < config.batch_size:
             raise ValueError(f"Expected at least batch_size={config.batch_size} (pose, view) pairs, got "
