@@ -171,6 +171,15 @@ def parse_config(spec: str) -> Config:
                   engine=opts)
 
 
+def add_query_arguments(ap: argparse.ArgumentParser) -> None:
+    """The query-set options shared by the fidelity scripts: ``--n``, ``--seeds``, ``--sets``, ``--mocap``."""
+    ap.add_argument("--n", type=int, default=128, help="queries per set and seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--sets", nargs="+", default=["heldout", "mocap"], choices=SETS)
+    ap.add_argument("--mocap", default=None, metavar="SELECTOR",
+                    help="restrict the mocap set's motion (gpumosaic.sources.select), e.g. real.DEFAULT_MOTION")
+
+
 def make_queries(kind: str, pool: Pool2D, mocap, n: int, seed: int):
     """``(query (B, J, 2), occluded (B, J) or None, engine pool, info)`` for one set."""
     g = torch.Generator().manual_seed(seed)

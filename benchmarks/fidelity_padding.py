@@ -66,10 +66,7 @@ def save_figure(images: dict[str, torch.Tensor], shares: dict[str, np.ndarray], 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--sets", nargs="+", default=["heldout", "mocap"], choices=bench.SETS)
-    ap.add_argument("--mocap", default=None, metavar="SELECTOR")
+    bench.add_query_arguments(ap)
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--margin", type=float, default=76.8)
     ap.add_argument("--figure", default=None, help="PNG: the mosaics of the first set and seed with the most padding")

@@ -120,10 +120,7 @@ def report(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--sets", nargs="+", default=["heldout", "mocap"], choices=bench.SETS)
-    ap.add_argument("--mocap", default=None, metavar="SELECTOR")
+    bench.add_query_arguments(ap)
     ap.add_argument("--detector", default=None)
     ap.add_argument("--report", nargs="+", default=None, metavar="FILE", help="print the table of saved results")
     args = ap.parse_args(argv)
