@@ -38,6 +38,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None, choices=choices.get(name),
                        help=f"override the preset's {name}")
     p.add_argument("--no-flip", action="store_true", help="no left/right flips of the real crops")
+    p.add_argument("--no-blend", action="store_true",
+                   help="train on copy-paste mosaics (Eq. 6, no Eq. 7-9 blending; an option, docs/fidelity.md)")
     p.add_argument("--real", metavar="KIND:PATH[:SELECTOR]", default=None,
                    help="real images of the real batches (default: the pool)")
     p.add_argument("--real-option", metavar="KEY=VALUE", action="append", default=[],
@@ -55,6 +57,8 @@ def config_from_args(args):
     changes = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
     if args.no_flip:
         changes["flip"] = False
+    if args.no_blend:
+        changes["blend"] = False
     try:
         return preset(args.preset, **changes)
     except ValueError as err:

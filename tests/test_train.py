@@ -192,6 +192,11 @@ def test_cli_train(tmp_path, capsys):
     assert load_model(tmp_path / "model.pt").config.mode == "R"
     with pytest.raises(SystemExit, match="size >= 63"):
         cli_main(args[:-1] + ["--backbone", "alexnet"])
+    blend_off = [a if a != "R" else "M" for a in args] + ["--no-blend", "--no-resume"]
+    blend_off[2] = str(tmp_path / "pasted")
+    assert cli_main(blend_off) == 0
+    config = load_model(tmp_path / "pasted" / "model.pt").config
+    assert config.mode == "M" and config.blend is False
 
 
 def test_resnet18_backbone_has_batch_norm():
