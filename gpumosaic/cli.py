@@ -47,18 +47,32 @@ __all__ = ["main", "build_parser"]
 _PAPER_HELP = ("the paper's blending and original implementation choices (alpha 6, beta 0.25, border "
                "replication, no out-of-image mask) instead of the padding and mask chosen by the fidelity "
                "benchmark (docs/fidelity.md)")
-_ALPHA_HELP = ("alpha of Eq. 7, the blend window side on the skeleton in px (default: the paper's 6; 1 is the "
-               "fidelity benchmark's choice, sharp seams on the body: docs/fidelity.md)")
+_ALPHA_HELP = ("alpha of Eq. 7, the blend window side on the skeleton in px (default: the paper's 6; 1 keeps body "
+               "seams sharp, which helped pools stored at <= 256 px: docs/fidelity.md)")
+_MULTIBAND_HELP = ("beyond the paper: multi-band blending over the index map with N Laplacian bands instead of "
+                   "Eq. 7-9 (e.g. 5; docs/fidelity.md, session 5)")
 
 
 def _paper(args) -> dict:
-    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`) and ``--alpha``, or none."""
+    """Engine keywords of ``--paper`` (:data:`gpumosaic.settings.PAPER`), ``--alpha`` and ``--multiband``, or none."""
     from .settings import PAPER
 
     keywords = dict(PAPER) if getattr(args, "paper", False) else {}
     if getattr(args, "alpha", None) is not None:
         keywords["alpha"] = args.alpha
+    if getattr(args, "multiband", None) is not None:
+        keywords["multiband_levels"] = args.multiband
     return keywords
+
+
+def _engine(pool, **keywords):
+    """``MosaicEngine(pool, **keywords)`` with a bad setting (``--alpha 0``, ``--multiband 9``) as a one-line error."""
+    from .engine import MosaicEngine
+
+    try:
+        return MosaicEngine(pool, **keywords)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def parse_device(name: str) -> torch.device:
@@ -186,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
     gen.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     gen.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
+    gen.add_argument("--multiband", type=int, default=None, metavar="N", help=_MULTIBAND_HELP)
     gen.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     gen.add_argument("--roll", type=float, nargs=2, metavar=("LO", "HI"), default=(0.0, 0.0),
                      help="camera roll range in degrees about the optical axis (default 0 0: level, the paper's)")
@@ -199,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0, help="random seed of the query pose and view")
     pre.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     pre.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
+    pre.add_argument("--multiband", type=int, default=None, metavar="N", help=_MULTIBAND_HELP)
     pre.add_argument("--no-fidelity", action="store_true",
                      help="skip the independent detector's score even when $GPUMOSAIC_DETECTOR_PYTHON is set")
     _add_source_options(pre)
@@ -216,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-blend", action="store_true", help="write the copy-paste mosaics (no Eq. 7-9)")
     exp.add_argument("--paper", action="store_true", help=_PAPER_HELP)
     exp.add_argument("--alpha", type=float, default=None, help=_ALPHA_HELP)
+    exp.add_argument("--multiband", type=int, default=None, metavar="N", help=_MULTIBAND_HELP)
     exp.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     exp.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (--format jpg)")
     exp.add_argument("--views-per-pose", type=int, default=180, help="cameras per mocap pose (paper: 180)")
@@ -403,7 +420,6 @@ def generate(args) -> int:
     from tqdm import tqdm
 
     from .batch import annotation_records, synthetic_batch
-    from .engine import MosaicEngine
     from .settings import ViewSettings
 
     if args.n <= 0 or args.batch_size <= 0:
@@ -417,7 +433,7 @@ def generate(args) -> int:
     _say(f"generate: loading the pool and mocap ({device}{_threads_note(args)})...", args.quiet)
     pool, mocap = sources_from_args(args, device)
     _replace_earlier_output(out, args.overwrite)
-    engine = MosaicEngine(pool, blend=not args.no_blend, device=device, **_paper(args))
+    engine = _engine(pool, blend=not args.no_blend, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -443,7 +459,6 @@ def generate(args) -> int:
 
 
 def preview(args) -> int:
-    from .engine import MosaicEngine
     from .viz import pipeline_figure, preview_fidelity
 
     device = parse_device(args.device)
@@ -456,7 +471,7 @@ def preview(args) -> int:
     _say(f"preview: loading the pool and mocap ({device}{_threads_note(args)})...")
     pool, mocap = sources_from_args(args, device)
     _say("preview: synthesising one mosaic and drawing the figure...")
-    engine = MosaicEngine(pool, device=device, **_paper(args))
+    engine = _engine(pool, device=device, **_paper(args))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     _, views = _query_batch(mocap, 1, generator, device)
     res = engine(views.pose2d, views.occluded)
@@ -478,7 +493,6 @@ def export(args) -> int:
 
     import torch.distributed as dist
 
-    from .engine import MosaicEngine
     from .export import export_shards
     from .settings import ViewSettings
     from .shardfile import ExportLockedError
@@ -497,7 +511,7 @@ def export(args) -> int:
     try:
         pool, mocap = sources_from_args(args, device)
         try:
-            engine = MosaicEngine(pool, size=args.size, blend=not args.no_blend, device=device, **_paper(args))
+            engine = _engine(pool, size=args.size, blend=not args.no_blend, device=device, **_paper(args))
             classes = None
             if args.classes is not None:
                 from .classes import PoseClasses

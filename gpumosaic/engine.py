@@ -41,7 +41,7 @@ class MosaicEngine:
             the keyword fields below.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, compat_weight,
-            warp_chunk, pixel_chunk, retrieval_budget, retrieval, soft, temperature, warps, compile: shorthand
+            multiband_levels, warp_chunk, pixel_chunk, retrieval_budget, retrieval, soft, temperature, warps, compile: shorthand
             for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
             :class:`MosaicSettings` default. Giving both ``settings`` and a field raises ``TypeError``.
 
@@ -77,6 +77,7 @@ class MosaicEngine:
         blend: bool | None = None,
         mask_outside: bool | None = None,
         compat_weight: float | None = None,
+        multiband_levels: int | None = None,
         warp_chunk: int | None = None,
         pixel_chunk: int | None = None,
         retrieval_budget: int | None = None,
@@ -94,7 +95,7 @@ class MosaicEngine:
         self.settings = MosaicSettings.from_options(
             settings, size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
             padding_mode=padding_mode, blend=blend, mask_outside=mask_outside, compat_weight=compat_weight,
-            warp_chunk=warp_chunk, pixel_chunk=pixel_chunk, retrieval_budget=retrieval_budget, retrieval=retrieval,
+            multiband_levels=multiband_levels, warp_chunk=warp_chunk, pixel_chunk=pixel_chunk, retrieval_budget=retrieval_budget, retrieval=retrieval,
             soft=soft, temperature=temperature, warps=warps, compile=compile,
         )
         self.skeleton = skeleton

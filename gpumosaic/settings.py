@@ -82,6 +82,10 @@ class MosaicSettings:
             (dynamic programming on the kinematic tree), so neighbouring joints prefer the same source image.
             In px of Eq. 3; 0 (default) is the paper's per-joint argmin (Eq. 4). Needs every D_j: (B, J, Nv)
             distances per batch.
+        multiband_levels: 0 (default): the paper's pose-aware blending (Eq. 7–9). n ≥ 1: beyond the paper,
+            multi-band blending of the matches over the index map with n Laplacian bands
+            (:func:`gpumosaic.multiband.multiband_blend`; hard mode, dense warps; ``weights`` and ``distance``
+            are then ``None``). Measured by the fidelity benchmark (docs/fidelity.md, "Session 5").
         warp_chunk: warps per chunk (bounds memory; not a semantic setting).
         pixel_chunk: mosaics per pass of the hard engine's per-pixel stages (probability maps to blending;
             not a semantic setting): retrieval runs on the whole batch, the per-pixel stages on sub-batches
@@ -131,6 +135,7 @@ class MosaicSettings:
     blend: bool = True
     mask_outside: bool = True
     compat_weight: float = 0.0
+    multiband_levels: int = 0
     warp_chunk: int = 256
     pixel_chunk: int = 8
     retrieval_budget: int | None = None
@@ -157,6 +162,15 @@ class MosaicSettings:
             raise ValueError(f"Expected padding_mode 'border', 'zeros' or 'reflection', got {self.padding_mode!r}")
         if not 0 <= self.compat_weight < float("inf"):
             raise ValueError(f"Expected a finite compat_weight >= 0, got {self.compat_weight}")
+        if self.multiband_levels:
+            from .multiband import max_levels
+
+            top = max_levels(self.size)
+            if isinstance(self.multiband_levels, bool) or not 0 <= self.multiband_levels <= top:
+                raise ValueError(f"Expected multiband_levels in 0..{top} at size {self.size} (0: the paper's "
+                                 f"blending), got {self.multiband_levels!r}")
+            if self.soft:
+                raise ValueError("Expected multiband_levels=0 in soft mode (multi-band blending is hard-mode only)")
         if self.retrieval not in ("auto", "scan", "pruned"):
             raise ValueError(f"Expected retrieval 'auto', 'scan' or 'pruned', got {self.retrieval!r}")
         if self.warps not in ("auto", "dense", "sparse"):

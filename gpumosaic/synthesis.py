@@ -41,6 +41,7 @@ from .retrieval import RetrievalIndex, mirror_poses, reference_neighbours
 from .settings import MosaicSettings, resolved_pruning, resolved_retrieval_budget
 from .skeleton import Skeleton
 from .sources.base import Pool2D
+from .multiband import multiband_blend
 from .warp import source_inside, warp_blend_sparse, warp_gather
 
 __all__ = [
@@ -446,6 +447,8 @@ def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepar
     # (only where a weight is non-zero) once the weights are known.
     sparse = s.warps == "sparse" or (s.warps == "auto" and device.type == "cpu")
     sparse = sparse and not torch.compiler.is_compiling()  # nonzero: a data-dependent size (one graph: dense)
+    multiband = s.blend and s.multiband_levels > 0  # beyond the paper: needs every match's whole warp
+    sparse = sparse and not multiband
     warped = None if sparse else warp_matched(prepared, s, source, query_from_stored, searched)  # (B, J, 3, S, S)
 
     # 5. Index map and copy-paste mosaic (Eq. 5-6); optionally padding never beats real content.
@@ -460,7 +463,9 @@ def _pixel_stages(mt: Matched, searched: torch.Tensor, s: MosaicSettings, prepar
 
     # 6. Pose-aware blending (Eq. 7-9).
     weights = distance = None
-    if s.blend:
+    if multiband:
+        images = multiband_blend(warped, index, s.multiband_levels)
+    elif s.blend:
         distance = skeleton_distance(p, prepared.skeleton, (s.size, s.size))
         half = window_half_width(distance, s.alpha, s.beta)
         weights = window_weights(index, num_j, half, valid=valid)  # mask_weights(w, valid) with a mask

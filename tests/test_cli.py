@@ -64,6 +64,14 @@ def test_generate_no_blend_and_bad_args(tmp_path):
     assert len(_records(tmp_path)) == 1
     with pytest.raises(SystemExit):
         main(["generate", "--n", "0", "--out", str(tmp_path), "--device", "cpu"])
+    # beyond the paper: multi-band blending; a bad engine setting is one line, not a traceback
+    out = tmp_path / "multiband"
+    assert main(["generate", "--n", "1", "--out", str(out), "--device", "cpu", *DEMO, "--multiband", "4", "--quiet"]) == 0
+    assert len(_records(out)) == 1
+    with pytest.raises(SystemExit, match="error: Expected multiband_levels in 0..6"):
+        main(["generate", "--n", "1", "--out", str(out), "--overwrite", "--device", "cpu", *DEMO, "--multiband", "9"])
+    with pytest.raises(SystemExit, match="error: Expected alpha >= 1"):
+        main(["generate", "--n", "1", "--out", str(out), "--overwrite", "--device", "cpu", *DEMO, "--alpha", "0"])
 
 
 def test_preview_writes_figure(tmp_path):
