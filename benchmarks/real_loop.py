@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-realism", action="store_true",
                    help="skip the classifiers' top-1 on the mosaic bank (it re-synthesises the bank on a rerun)")
     p.add_argument("--markdown", default=None, help="write the result tables (markdown) here")
+    p.add_argument("--multiband", type=int, default=0, metavar="N",
+                   help="train M and M+R on multi-band blended mosaics (beyond the paper; gpumosaic.multiband)")
     p.add_argument("--no-blend", action="store_true",
                    help="train M and M+R on copy-paste mosaics (Eq. 6, no blending): an option to compare with the "
                         "paper's blended mosaics (docs/fidelity.md)")
@@ -167,6 +169,7 @@ def main(argv=None) -> dict:
     base = preset("cpu", size=args.size, classes=args.classes, views=args.views, class_views=args.views,
                   batch_size=args.batch_size, steps=args.steps, backbone=args.backbone, lr=args.lr,
                   mosaic_cache=args.mosaic_cache, seed=args.seed, roll=args.roll, blend=not args.no_blend,
+                  multiband_levels=args.multiband,
                   checkpoint_every=50,
                   log_every=5)
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 # flag -> TrainConfig field (flags named like the fields, with dashes)
 _FIELDS = ("mode", "task", "backbone", "size", "classes", "views", "class_views", "batch_size", "steps",
            "optimizer", "lr", "lr_schedule", "momentum", "weight_decay", "roll", "extent_m", "margin", "mosaic_cache",
-           "seed", "checkpoint_every", "log_every")
+           "multiband_levels", "seed", "checkpoint_every", "log_every")
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:

@@ -89,6 +89,8 @@ class TrainConfig:
         margin: ``fit_to_box`` margin in px; ``None``: 10 % of ``size``.
         blend: ``True`` (default, the paper's): mosaics blended by Eq. 7–9; ``False``: copy-paste mosaics
             (Eq. 6 only), an option for comparing the two (docs/fidelity.md).
+        multiband_levels: 0 (default, the paper's blending) or n ≥ 1: multi-band blending of the mosaics
+            (beyond the paper, :mod:`gpumosaic.multiband`; ``MosaicSettings.multiband_levels``).
         mosaic_cache: 0 (default, the paper's never-repeating stream) or n > 0: mosaic batches ``0..n-1`` are
             synthesised once, kept in memory and reused cyclically (a CPU economy: synthesis costs as much
             as a training step there; the stream then repeats every n mosaic batches).
@@ -116,6 +118,7 @@ class TrainConfig:
     extent_m: float = 1.0
     margin: float | None = None
     blend: bool = True
+    multiband_levels: int = 0
     mosaic_cache: int = 0
     seed: int = 0
     checkpoint_every: int = 100
@@ -283,7 +286,8 @@ def prepare_data(config: TrainConfig, pool: Pool2D | None, mocap: Mocap3D | None
                                                                        roll_range=(-config.roll, config.roll)),
                                       device=device, seed=config.seed,
                                       engine=MosaicSettings(size=config.size, margin=config.margin,
-                                                            blend=config.blend),
+                                                            blend=config.blend,
+                                                            multiband_levels=config.multiband_levels),
                                       drop_last=True, rank=0, world_size=1)
         if mosaics.num_pairs < config.batch_size:
             raise ValueError(f"Expected at least batch_size={config.batch_size} (pose, view) pairs, got "

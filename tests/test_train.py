@@ -139,6 +139,12 @@ def test_blend_option_trains_on_copy_paste_mosaics():
     assert float(same.float().mean()) > 0.99
     assert float(((a["image"] - ref.images).abs() < 1e-5).all(1).float().mean()) > 0.95
     assert float(((a["image"] - b["image"]).abs() > 1e-3).any(1).float().mean()) > 0.05  # blending changed them
+    multi = prepare_data(_tiny(mode="M", multiband_levels=2), pool, mocap, classes=blended.classes)
+    assert multi.mosaics.engine.settings.multiband_levels == 2
+    c = mosaic_batch(multi, 1)
+    assert torch.equal(c["label"], a["label"])
+    ref = MosaicEngine(pool, size=32, multiband_levels=2)(c["pose2d"]).images  # up to the occlusion flags again
+    assert float((c["image"] - ref).abs().mean()) < 0.25 * float((c["image"] - a["image"]).abs().mean())
 
 
 def test_alternation_checkpoints_and_exact_resume(tmp_path):
