@@ -79,9 +79,9 @@ def main(argv=None) -> int:
         from gpumosaic.sources.select import select_mocap
 
         mocap = select_mocap(mocap, args.mocap)
+    # Both pools hold the same people with the same content boxes; the "before" engine does not see its box.
     new = bench.load_pool(args.size, args.margin, padding="reflection")
-    old = replace(bench.load_pool(args.size, args.margin, padding="border"), content_box=None)
-    box_all = new.content_box  # the same people in the same order in both pools
+    old = bench.load_pool(args.size, args.margin, padding="border")
     rows = []
     figure_images: dict[str, torch.Tensor] = {}
     for kind in args.sets:
@@ -89,11 +89,8 @@ def main(argv=None) -> int:
             shares = {}
             for name, pool in (("border_nobox", old), ("reflection_box", new)):
                 query, occluded, engine_pool, info = bench.make_queries(kind, pool, mocap, args.n, seed)
-                box = box_all if len(engine_pool) == len(pool) else None
-                if box is None:  # held-out: the engine's pool is a subset; find its rows by id
-                    pos = {int(i): k for k, i in enumerate(pool.ids)}
-                    box = box_all[torch.tensor([pos[int(i)] for i in engine_pool.ids])]
-                engine = MosaicEngine(engine_pool)
+                box = engine_pool.content_box  # the subset's own rows (held-out) or the whole pool's
+                engine = MosaicEngine(engine_pool if name == "reflection_box" else replace(engine_pool, content_box=None))
                 out, images = [], []
                 for i in range(0, len(query), 16):
                     res = engine(query[i:i + 16], None if occluded is None else occluded[i:i + 16])

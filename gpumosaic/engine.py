@@ -41,8 +41,8 @@ class MosaicEngine:
             the keyword fields below.
         device: where the pool and all computation live; ``None`` keeps the pool's device.
         size, alpha, beta, sigma, margin, mirror, padding_mode, blend, mask_outside, compat_weight,
-            multiband_levels, warp_chunk, pixel_chunk, retrieval_budget, retrieval, soft, temperature, warps, compile: shorthand
-            for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
+            multiband_levels, warp_chunk, pixel_chunk, retrieval_budget, retrieval, soft, temperature, warps,
+            compile: shorthand for ``settings=MosaicSettings(size=..., ...)``; ``None`` means the
             :class:`MosaicSettings` default. Giving both ``settings`` and a field raises ``TypeError``.
 
     Calling the engine on ``query (B, J, 2)`` (pixels of any frame, fitted into the box here),
@@ -95,8 +95,9 @@ class MosaicEngine:
         self.settings = MosaicSettings.from_options(
             settings, size=size, alpha=alpha, beta=beta, sigma=sigma, margin=margin, mirror=mirror,
             padding_mode=padding_mode, blend=blend, mask_outside=mask_outside, compat_weight=compat_weight,
-            multiband_levels=multiband_levels, warp_chunk=warp_chunk, pixel_chunk=pixel_chunk, retrieval_budget=retrieval_budget, retrieval=retrieval,
-            soft=soft, temperature=temperature, warps=warps, compile=compile,
+            multiband_levels=multiband_levels, warp_chunk=warp_chunk, pixel_chunk=pixel_chunk,
+            retrieval_budget=retrieval_budget, retrieval=retrieval, soft=soft, temperature=temperature, warps=warps,
+            compile=compile,
         )
         self.skeleton = skeleton
         self.pool = pool if device is None else pool.to(device)

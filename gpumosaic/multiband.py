@@ -44,9 +44,7 @@ def _down_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Blur with [1, 4, 6, 4, 1] / 16 along ``dim`` (reflect-101) and keep every second sample, evaluated only
     there: five strided slices of the padded signal (side ``ceil(n / 2)``)."""
     n = x.shape[dim]
-    pad = [0, 0, 0, 0]
-    pad[0 if dim == -1 else 2: (0 if dim == -1 else 2) + 2] = [2, 2]
-    xp = F.pad(x, pad, mode="reflect")
+    xp = F.pad(x, (2, 2, 0, 0) if dim == -1 else (0, 0, 2, 2), mode="reflect")
     m = (n + 1) // 2
     take = lambda start: xp.narrow(dim, start, 2 * m - 1).unfold(dim, 1, 2).squeeze(-1)  # samples start, start+2, ...
     return (take(0) + take(4) + 4.0 * (take(1) + take(3)) + 6.0 * take(2)) * (1.0 / 16.0)
@@ -96,7 +94,6 @@ def multiband_blend(warped: torch.Tensor, index: torch.Tensor, levels: int = 5) 
         raise ValueError(f"Expected 1 <= levels <= {max_levels(min(h, w))} for {h}x{w} images, got {levels}")
     masks = F.one_hot(index, j).permute(0, 3, 1, 2).to(warped.dtype).reshape(b * j, 1, h, w)
     image = warped.reshape(b * j, c, h, w)
-    out = None
     bands = []
     for _ in range(levels):
         coarse = _down(image)

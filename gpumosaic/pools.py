@@ -71,12 +71,10 @@ def content_box(box_from_image: torch.Tensor, image_size: torch.Tensor, size: in
     """
     check_shape(box_from_image, ["B", "2", "3"], name="box_from_image")
     m = box_from_image.double()
-    hw = torch.as_tensor(image_size, dtype=torch.float64, device=m.device).expand(m.shape[0], 2)
-    lo_src = torch.full_like(hw, -0.5)
-    hi_src = hw.flip(-1) - 0.5  # (W - 0.5, H - 0.5)
-    corners = torch.stack([torch.stack([lo_src[:, 0], lo_src[:, 1]], -1), torch.stack([hi_src[:, 0], lo_src[:, 1]], -1),
-                           torch.stack([lo_src[:, 0], hi_src[:, 1]], -1), torch.stack([hi_src[:, 0], hi_src[:, 1]], -1)], 1)
-    mapped = corners @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]  # (B, 4, 2)
+    hi = torch.as_tensor(image_size, dtype=torch.float64, device=m.device).expand(m.shape[0], 2).flip(-1) - 0.5
+    lo = torch.full_like(hi, -0.5)  # the photo's area: [-0.5, W - 0.5] x [-0.5, H - 0.5], (x, y) per row
+    corners = torch.stack([lo, torch.stack([hi[:, 0], lo[:, 1]], -1), torch.stack([lo[:, 0], hi[:, 1]], -1), hi], 1)
+    mapped = apply_affine(m, corners)  # (B, 4, 2) stored pixels
     eps = 1e-6  # a pixel centre exactly on the photo's edge is content
     first = torch.ceil(mapped.amin(1) - eps).clamp_min(0)  # first content pixel centre per axis
     last = torch.floor(mapped.amax(1) + eps).clamp_max(size - 1)
@@ -241,17 +239,17 @@ def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None
         best = {}
         for p, s in zip(paths, scales[start:stop]):
             best[p] = max(best.get(p, 0.0), float(s))
-        decoded, factors = [], []
+        decoded, factors, sizes = [], [], []
         for p in slot:
             img = read_image(p)
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"Expected image {p} as (H, W, 3) uint8, got {img.shape} {img.dtype}")
-            for e in (e for e, q in enumerate(paths) if q == p):
-                photo_size[start + e] = torch.tensor(img.shape[:2], dtype=torch.float64)
+            sizes.append(img.shape[:2])
             k = max(1, math.floor(1.0 / best[p])) if antialias and best[p] <= 0.5 else 1
             decoded.append(_box_reduce(img, k) if k > 1 else img)
             factors.append(k)
         index = torch.tensor([slot[p] for p in paths], dtype=torch.long)
+        photo_size[start:stop] = torch.tensor(sizes, dtype=torch.float64)[index]
         k = torch.tensor(factors, dtype=torch.float64)[index]
         zero = torch.zeros_like(k)
         # image_from_reduced: x = k·x' + (k - 1)/2 (see _box_reduce).
@@ -270,8 +268,8 @@ def build_pool(annotations: Annotations2D, size: int = 160, margin: float | None
         batch = np.stack([np.pad(d, ((top, height - top - d.shape[0]), (left, width - left - d.shape[1]), (0, 0)),
                                  mode=_PADDING[padding_mode]) for d in decoded])
         pool_images = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
-        box_from_padded = box_from_reduced.clone()
-        box_from_padded[:, :, 2] -= box_from_reduced[:, :, :2] @ torch.tensor([left, top], dtype=torch.float64)
+        reduced_from_padded = torch.tensor([[1.0, 0.0, -left], [0.0, 1.0, -top]], dtype=torch.float64)
+        box_from_padded = compose_affine(box_from_reduced, reduced_from_padded.expand_as(box_from_reduced))
         warped = warp_gather(pool_images, index.to(device), box_from_padded.to(device, torch.float32),
                              (size, size), "border")
         out[start:stop] = _to_uint8(warped)
